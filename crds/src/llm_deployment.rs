@@ -1,0 +1,486 @@
+//! `LLMDeployment`: a served model and how traffic reaches its versions.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A model served under one OpenAI `model` name: its stable ModelVersion, an optional canary
+/// rollout or A/B experiment, how many pods run, and the SLOs a canary must meet to be promoted.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "serving.ferry.dev",
+    version = "v1alpha1",
+    kind = "LLMDeployment",
+    namespaced,
+    shortname = "llmd",
+    category = "ferry",
+    status = "LLMDeploymentStatus",
+    derive = "PartialEq",
+    doc = "A served model: its stable ModelVersion, an optional canary or A/B experiment, scaling and SLOs.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Model",
+        type_ = "string",
+        json_path = ".spec.servedModelName",
+        description = "OpenAI model id (empty: the resource's name)"
+    ),
+    printcolumn(
+        name = "Stable",
+        type_ = "string",
+        json_path = ".status.stableVersion",
+        description = "ModelVersion serving the stable traffic"
+    ),
+    printcolumn(
+        name = "Canary",
+        type_ = "string",
+        json_path = ".status.canaryVersion",
+        description = "ModelVersion under canary analysis"
+    ),
+    printcolumn(
+        name = "Weight",
+        type_ = "integer",
+        json_path = ".status.canaryWeight",
+        description = "Percent of traffic sent to the canary"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.ready",
+        description = "Ready pods / desired pods, all versions"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+// `not` clauses are plain OpenAPI, so API servers without CEL (before 1.25) enforce them too.
+#[schemars(extend("allOf" = [{"not": {"required": ["canary", "experiment"]}}, {"not": {"required": ["replicas", "autoscaling"]}}]))]
+#[x_kube(validation = Rule::new("!(has(self.canary) && has(self.experiment))").message("canary and experiment are mutually exclusive: set one of them"))]
+#[x_kube(validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("replicas and autoscaling are mutually exclusive: set one of them"))]
+#[x_kube(validation = Rule::new("!has(self.canary) || self.canary.version != self.stable").message("canary.version must differ from stable"))]
+pub struct LLMDeploymentSpec {
+    /// The OpenAI `model` id clients send; defaults to the LLMDeployment's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub served_model_name: Option<String>,
+    /// Name of the ModelVersion (same namespace) that serves traffic when no canary or
+    /// experiment says otherwise.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub stable: String,
+    /// Fixed number of stable pods, when `autoscaling` is not set (default 1). `kubectl scale`
+    /// writes this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Scale each version on queue depth (queued + running requests per pod) instead of a fixed
+    /// `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// Roll out a new ModelVersion step by step, promoting it when every SLO holds and rolling
+    /// it back automatically when one is breached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+    /// Split traffic between 2-4 ModelVersions by weight, with sticky assignment of users, and
+    /// report per-variant metrics. Mutually exclusive with `canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<Experiment>,
+    /// Service-level objectives a canary is judged by. An unset objective is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<Slo>,
+}
+
+impl LLMDeploymentSpec {
+    /// Replicas of the stable version when autoscaling is off.
+    pub fn fixed_replicas(&self) -> i32 {
+        self.replicas.unwrap_or(1)
+    }
+}
+
+/// Queue-depth autoscaling of each version.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
+pub struct Autoscaling {
+    /// Fewest pods per version; 0 allows scale to zero (requests wait for a cold start).
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_replicas: i32,
+    /// Most pods per version.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Wanted queued + running requests per pod (the `ferry_queue_depth` gauge); more pods are
+    /// added when the average is above it.
+    #[serde(default = "default_target_queue_depth")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub target_queue_depth: i32,
+    /// Seconds the higher desired count must hold before scaling up (0: at once).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_up_stabilization_seconds: i32,
+    /// Seconds over which the highest desired count is kept before scaling down.
+    #[serde(default = "default_scale_down_stabilization_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_stabilization_seconds: i32,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_target_queue_depth() -> i32 {
+    4
+}
+
+fn default_scale_down_stabilization_seconds() -> i32 {
+    300
+}
+
+/// A canary rollout of a new ModelVersion.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.steps.map(s, s.weight).isSorted() && self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight))").message("canary.steps weights must be strictly increasing"))]
+pub struct Canary {
+    /// Name of the ModelVersion (same namespace) under test.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub version: String,
+    /// Canary pods, independent of the traffic weight (GPUs are expensive: one pod can take a
+    /// 5% step).
+    #[serde(default = "default_canary_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub replicas: i32,
+    /// Traffic steps; each must pass analysis before the next. After the last, the canary is
+    /// promoted to stable.
+    #[serde(default = "default_steps")]
+    #[schemars(length(min = 1, max = 20))]
+    pub steps: Vec<CanaryStep>,
+    /// How each step is judged.
+    #[serde(default)]
+    pub analysis: Analysis,
+    /// Seconds after a promotion during which the previous stable stays warm and an SLO breach
+    /// rolls back to it.
+    #[serde(default = "default_rollback_window_seconds")]
+    #[schemars(range(min = 0, max = 604800))]
+    pub rollback_window_seconds: i32,
+}
+
+fn default_canary_replicas() -> i32 {
+    1
+}
+
+fn default_steps() -> Vec<CanaryStep> {
+    [5, 25, 50]
+        .into_iter()
+        .map(|weight| CanaryStep {
+            weight,
+            pause_seconds: 60,
+        })
+        .collect()
+}
+
+fn default_rollback_window_seconds() -> i32 {
+    600
+}
+
+/// One traffic step of a canary.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStep {
+    /// Percent of requests sent to the canary during this step.
+    #[schemars(range(min = 1, max = 99))]
+    pub weight: i32,
+    /// Seconds to stay at this weight, with passing analyses, before the next step.
+    #[serde(default = "default_pause_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub pause_seconds: i32,
+}
+
+fn default_pause_seconds() -> i32 {
+    60
+}
+
+/// How a canary step is judged against the SLOs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// Seconds between analyses; each reads the router's per-version stats over this window.
+    #[serde(default = "default_interval_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub interval_seconds: i32,
+    /// Canary requests a window needs before it can pass (fewer: the step waits).
+    #[serde(default = "default_min_requests")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub min_requests: i32,
+    /// Failed analyses that roll the canary back.
+    #[serde(default = "default_failure_limit")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_limit: i32,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Self {
+            interval_seconds: default_interval_seconds(),
+            min_requests: default_min_requests(),
+            failure_limit: default_failure_limit(),
+        }
+    }
+}
+
+fn default_interval_seconds() -> i32 {
+    30
+}
+
+fn default_min_requests() -> i32 {
+    20
+}
+
+fn default_failure_limit() -> i32 {
+    2
+}
+
+/// An A/B experiment between ModelVersions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.variants.map(v, v.weight).sum() == 100").message("experiment.variants weights must sum to 100"))]
+#[x_kube(validation = Rule::new("self.variants.all(v, self.variants.exists_one(w, w.name == v.name))").message("experiment.variants names must be unique"))]
+pub struct Experiment {
+    /// The variants, 2 to 4, with weights summing to 100.
+    #[schemars(length(min = 2, max = 4))]
+    pub variants: Vec<Variant>,
+    /// What keeps a user on the same variant.
+    #[serde(default)]
+    pub stickiness: Stickiness,
+}
+
+/// One arm of an experiment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Variant {
+    /// Variant name, reported in metrics and the `x-ferry-variant` response header.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Name of the ModelVersion (same namespace) this variant serves.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub version: String,
+    /// Percent of users assigned to this variant.
+    #[schemars(range(min = 0, max = 100))]
+    pub weight: i32,
+}
+
+/// Sticky assignment of users to variants: the same key always lands on the same variant while
+/// the weights hold.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.key != 'header' || has(self.header)").message("stickiness.header must name the header when stickiness.key is header"))]
+pub struct Stickiness {
+    /// Where the key comes from: the OpenAI `user` field, a request header, or the API key.
+    #[serde(default)]
+    pub key: StickinessKey,
+    /// Header name when `key` is `header`, e.g. `x-session-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub header: Option<String>,
+}
+
+impl Default for Stickiness {
+    fn default() -> Self {
+        Self {
+            key: StickinessKey::User,
+            header: None,
+        }
+    }
+}
+
+/// Source of the stickiness key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StickinessKey {
+    /// The `user` field of the OpenAI request body.
+    #[default]
+    User,
+    /// A request header, named by `stickiness.header`.
+    Header,
+    /// The caller's API key.
+    ApiKey,
+}
+
+/// Service-level objectives; each set one must hold for a canary step to pass.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Slo {
+    /// Highest allowed 95th percentile time to first token, in milliseconds (streams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub ttft_p95_ms: Option<u32>,
+    /// Highest allowed 95th percentile end-to-end request latency, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub latency_p95_ms: Option<u32>,
+    /// Highest allowed 95th percentile time between streamed tokens, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub inter_token_p95_ms: Option<u32>,
+    /// Highest allowed share of failed requests (5xx and mid-stream errors), in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub error_rate_percent: Option<f64>,
+}
+
+/// Lifecycle phase of an LLMDeployment.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Accepted; the stable version has no ready pod yet.
+    Pending,
+    /// The stable version serves all traffic.
+    Available,
+    /// A canary rollout is under way.
+    Progressing,
+    /// An A/B experiment is splitting traffic.
+    Experimenting,
+    /// The canary was promoted; the previous stable stays warm for the rollback window.
+    Promoted,
+    /// The canary breached an SLO and was rolled back; change the spec to try again.
+    RolledBack,
+    /// Fewer pods are ready than wanted.
+    Degraded,
+    /// The spec is invalid; see the InvalidSpec condition.
+    Invalid,
+}
+
+/// Observed state of an LLMDeployment, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LLMDeploymentStatus {
+    /// Lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The OpenAI model id this deployment answers to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model_name: Option<String>,
+    /// ModelVersion serving stable traffic (after a promotion: the promoted canary, until the
+    /// spec's `stable` is updated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<String>,
+    /// ModelVersion under canary analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_version: Option<String>,
+    /// Index (from 0) of the canary step in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_step: Option<i32>,
+    /// Percent of traffic the canary receives now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_weight: Option<i32>,
+    /// The split the router obeys: every version that receives traffic and its percent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficTarget>,
+    /// Pods of each running version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionStatus>,
+    /// The most recent canary analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis: Option<AnalysisResult>,
+    /// In-cluster OpenAI base URL for this model (the router).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Available, Progressing, Degraded, RolledBack, InvalidSpec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Stable replicas, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Label selector of the stable pods, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Ready pods / desired pods over all versions, e.g. `3/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+}
+
+/// One entry of the traffic split.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficTarget {
+    /// ModelVersion name.
+    pub version: String,
+    /// Percent of requests, 0-100; the weights of one split sum to 100.
+    pub weight: i32,
+    /// Experiment variant name, when an experiment is running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// Pods of one running version.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionStatus {
+    /// ModelVersion name.
+    pub name: String,
+    /// Desired pods.
+    pub replicas: i32,
+    /// Ready pods.
+    pub ready_replicas: i32,
+    /// Queued + running requests over the version's ready pods, as last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<i64>,
+}
+
+/// Outcome of one canary analysis.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisResult {
+    /// When the analysis ran (RFC 3339).
+    pub time: String,
+    /// ModelVersion analysed.
+    pub version: String,
+    /// Requests in the window.
+    pub requests: i64,
+    /// 95th percentile time to first token, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p95_ms: Option<f64>,
+    /// 95th percentile end-to-end latency, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p95_ms: Option<f64>,
+    /// 95th percentile inter-token latency, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inter_token_p95_ms: Option<f64>,
+    /// Failed requests, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate_percent: Option<f64>,
+    /// `Pass`, `Fail` or `Inconclusive` (too few requests).
+    pub verdict: Verdict,
+    /// Why, e.g. `ttft p95 812 ms > 500 ms over 143 requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Verdict of a canary analysis.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Inconclusive,
+}

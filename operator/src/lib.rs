@@ -1,0 +1,1 @@
+//! The control plane: reconciles ModelVersion and LLMDeployment into pods, services, traffic splits and status.

@@ -1,0 +1,1 @@
+//! The model server: an OpenAI-compatible HTTP API on mistral.rs, with admission control and metrics.
