@@ -1,0 +1,18 @@
+#!/bin/bash
+# Ferry's test suite: every crate's tests, with a real local Kubernetes for the ones that need it.
+# Starts the cluster (unless one is already up at $FERRY_KUBE_RUN), runs `cargo test`, and stops
+# the cluster it started. Needs root (kubelet, containerd, iptables). Extra args go to cargo test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${FERRY_KUBE_RUN:-/tmp/ferry-kube}
+TOOLS=$(bash e2e/cluster/ensure.sh | tail -1)
+if [ -f "$RUN/apiserver.pid" ] && kill -0 "$(cat "$RUN/apiserver.pid")" 2>/dev/null; then
+  echo "ferry: using the cluster already running at $RUN"
+else
+  echo "ferry: starting a local Kubernetes at $RUN"
+  rm -rf "$RUN/kubectl-cache"
+  bash e2e/cluster/up.sh "$RUN"
+  trap 'echo "ferry: stopping the local Kubernetes"; bash e2e/cluster/down.sh "$RUN" >/dev/null 2>&1' EXIT
+fi
+export FERRY_KUBECONFIG=$RUN/kubeconfig FERRY_KUBECTL=$TOOLS/kubectl
+cargo test --workspace --locked "$@"
