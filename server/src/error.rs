@@ -1,0 +1,147 @@
+//! Every way a request can fail, mapped once to an HTTP status and an OpenAI-shaped body:
+//! `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON, or a field has the wrong type or value.
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    /// A model id this server does not serve.
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    /// Missing or unknown API key.
+    #[error("Incorrect API key provided. Pass it as `Authorization: Bearer <key>`.")]
+    Unauthorized,
+    /// The body is larger than `--max-body-bytes`.
+    #[error("Request body is larger than the limit of {0} bytes.")]
+    BodyTooLarge(usize),
+    /// The wait queue is full.
+    #[error("The server is at capacity ({waiting} requests waiting); retry after {retry_after} s.")]
+    Overloaded { waiting: usize, retry_after: u64 },
+    /// The model is still loading, or the server is draining for shutdown.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// The engine failed while generating.
+    #[error("The engine failed: {0}")]
+    Engine(String),
+    /// A fault injected by `--fault-error-rate`, for rollback drills.
+    #[error("Injected fault (--fault-error-rate).")]
+    InjectedFault,
+    /// The path does not exist.
+    #[error("Unknown endpoint {0}.")]
+    NotFound(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: &'a str,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: Some(param.to_string()),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Engine(_) | Self::InjectedFault => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI `type` of the error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. }
+            | Self::ModelNotFound(_)
+            | Self::BodyTooLarge(_)
+            | Self::NotFound(_) => "invalid_request_error",
+            Self::Unauthorized => "authentication_error",
+            Self::Overloaded { .. } => "rate_limit_error",
+            Self::Unavailable(_) => "service_unavailable",
+            Self::Engine(_) | Self::InjectedFault => "server_error",
+        }
+    }
+
+    /// Stable machine-readable code, also the `code` label of the request counter.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::Unauthorized => "invalid_api_key",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::Overloaded { .. } => "overloaded",
+            Self::Unavailable(_) => "unavailable",
+            Self::Engine(_) => "engine_error",
+            Self::InjectedFault => "injected_fault",
+            Self::NotFound(_) => "not_found",
+        }
+    }
+
+    /// The error as the JSON object OpenAI clients parse (also sent as an SSE event mid-stream).
+    pub fn body(&self) -> serde_json::Value {
+        let param = match self {
+            Self::InvalidRequest { param, .. } => param.as_deref(),
+            Self::ModelNotFound(_) => Some("model"),
+            _ => None,
+        };
+        serde_json::to_value(ErrorBody {
+            error: ErrorDetail {
+                message: self.to_string(),
+                kind: self.kind(),
+                param,
+                code: self.code(),
+            },
+        })
+        .expect("error bodies serialize")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.body())).into_response();
+        let retry_after = match &self {
+            Self::Overloaded { retry_after, .. } => Some(*retry_after),
+            Self::Unavailable(_) => Some(5),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

@@ -1,0 +1,733 @@
+//! HTTP: the OpenAI routes, health, readiness and metrics, in one axum router over one
+//! [`AppState`].
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::admission::{Admission, Slot};
+use crate::config::Args;
+use crate::engine::{Engine, Event, Generation, Input, TokenLogprob, Usage};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::openai::{self, ChatRequest, CompletionRequest, RequestShape};
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// Shared by every request; reached through [`AppState`].
+pub struct Inner {
+    engine: OnceLock<Arc<Engine>>,
+    admission: Arc<Admission>,
+    metrics: Metrics,
+    served_model_name: String,
+    max_body_bytes: usize,
+    api_keys: Option<HashSet<String>>,
+    fault_latency: Duration,
+    fault_error_rate: f64,
+    fault_counter: AtomicU64,
+    created: u64,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(args: &Args) -> anyhow::Result<Self> {
+        let metrics = Metrics::new(&args.served_model_name, &args.model_version);
+        let admission =
+            Admission::new(args.max_num_seqs, args.max_queue, Box::new(metrics.clone()));
+        let api_keys = match &args.api_keys_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("--api-keys-file {}: {e}", path.display()))?;
+                let keys: HashSet<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from)
+                    .collect();
+                anyhow::ensure!(
+                    !keys.is_empty(),
+                    "--api-keys-file {} holds no key",
+                    path.display()
+                );
+                Some(keys)
+            }
+        };
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&args.fault_error_rate),
+            "--fault-error-rate must be between 0 and 1"
+        );
+        Ok(Self(Arc::new(Inner {
+            engine: OnceLock::new(),
+            admission,
+            metrics,
+            served_model_name: args.served_model_name.clone(),
+            max_body_bytes: args.max_body_bytes,
+            api_keys,
+            fault_latency: Duration::from_millis(args.fault_latency_ms),
+            fault_error_rate: args.fault_error_rate,
+            fault_counter: AtomicU64::new(0),
+            created: unix_now(),
+        })))
+    }
+
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
+        self.engine.get().ok_or(ApiError::Unavailable(
+            "The model is still loading; retry shortly.",
+        ))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.engine.get().is_some() && !self.admission.is_closed()
+    }
+
+    /// True for the share of requests `--fault-error-rate` asks to fail, spread evenly.
+    fn inject_error(&self) -> bool {
+        if self.fault_error_rate <= 0.0 {
+            return false;
+        }
+        let n = self.fault_counter.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.fault_error_rate).floor() > (n * self.fault_error_rate).floor()
+    }
+}
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .merge(api)
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|req: Request| async move {
+            ApiError::NotFound(format!("{} {}", req.method(), req.uri().path()))
+        })
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+/// Accepts the caller's `x-request-id` (or makes one), logs under it, and returns it.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(String::from)
+        .unwrap_or_else(|| format!("{:x}-{}", unix_now(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    req.headers_mut().insert(REQUEST_ID, value.clone());
+    let span =
+        info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut response = next.run(req).instrument(span).await;
+    response.headers_mut().insert(REQUEST_ID, value);
+    response
+}
+
+async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(keys) = &state.api_keys {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compare against every key in constant time per key, so timing reveals nothing.
+        let ok = keys.iter().fold(false, |ok, k| {
+            ok | constant_time_eq(k.as_bytes(), given.as_bytes())
+        });
+        if !ok {
+            state
+                .metrics
+                .requests
+                .with_label_values(&[req.uri().path(), ApiError::Unauthorized.code()])
+                .inc();
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.is_ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        let status = if state.admission.is_closed() {
+            "draining"
+        } else {
+            "loading"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": status})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn models(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [
+        {"id": state.served_model_name, "object": "model", "created": state.created, "owned_by": "ferry"}
+    ]}))
+}
+
+async fn embeddings(State(state): State<AppState>, body: Body) -> Response {
+    let err = embeddings_error(&state, body).await;
+    state
+        .metrics
+        .requests
+        .with_label_values(&["/v1/embeddings", err.code()])
+        .inc();
+    err.into_response()
+}
+
+/// The served models generate text: every embeddings request gets a specific error.
+async fn embeddings_error(state: &AppState, body: Body) -> ApiError {
+    let bytes = match read_body(body, state.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e,
+    };
+    let v: Value = match openai::parse(&bytes) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let model = v["model"].as_str().unwrap_or_default();
+    if model != state.served_model_name {
+        return ApiError::ModelNotFound(model.to_string());
+    }
+    ApiError::invalid_param(
+        "model",
+        format!("The model `{model}` generates text and does not support embeddings."),
+    )
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Endpoint {
+    Chat,
+    Completions,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/v1/chat/completions",
+            Self::Completions => "/v1/completions",
+        }
+    }
+}
+
+async fn chat(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    generate(state, Endpoint::Chat, headers, body).await
+}
+
+async fn completions(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    generate(state, Endpoint::Completions, headers, body).await
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::BodyTooLarge(limit))
+}
+
+/// A generation under way: its events, the engine slot it holds, and what the response needs.
+struct Running {
+    shape: RequestShape,
+    events: UnboundedReceiver<Event>,
+    slot: Slot,
+    id: String,
+    start: Instant,
+}
+
+async fn generate(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+    let start = Instant::now();
+    let id = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_string();
+    match admit(&state, endpoint, body, start, id).await {
+        Err(e) => {
+            state
+                .metrics
+                .requests
+                .with_label_values(&[endpoint.path(), e.code()])
+                .inc();
+            if e.status().is_server_error() {
+                warn!(code = e.code(), error = %e, "request failed");
+            }
+            e.into_response()
+        }
+        Ok(running) if running.shape.stream => stream_response(state, endpoint, running),
+        Ok(running) => whole_response(state, endpoint, running).await,
+    }
+}
+
+async fn admit(
+    state: &AppState,
+    endpoint: Endpoint,
+    body: Body,
+    start: Instant,
+    id: String,
+) -> Result<Running, ApiError> {
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    let (mut generation, mut shape) = match endpoint {
+        Endpoint::Chat => openai::parse_request::<ChatRequest>(&bytes)?.into_generation()?,
+        Endpoint::Completions => {
+            openai::parse_request::<CompletionRequest>(&bytes)?.into_generation()?
+        }
+    };
+    if shape.model != state.served_model_name {
+        return Err(ApiError::ModelNotFound(shape.model));
+    }
+    let engine = state.engine()?.clone();
+    let prompt_tokens = engine.count_prompt_tokens(&generation.input).await?;
+    fit_context(
+        &mut generation,
+        &mut shape,
+        prompt_tokens,
+        engine.max_seq_len(),
+    )?;
+    let ticket = state.admission.enter()?;
+    let slot = ticket.run().await;
+    if !state.fault_latency.is_zero() {
+        tokio::time::sleep(state.fault_latency).await;
+    }
+    if state.inject_error() {
+        return Err(ApiError::InjectedFault);
+    }
+    info!(model = %shape.model, user = shape.user.as_deref().unwrap_or(""), prompt_tokens, max_tokens = generation.max_tokens, stream = shape.stream, "generating");
+    state.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+    let events = engine.generate(generation, prompt_tokens).await?;
+    Ok(Running {
+        shape,
+        events,
+        slot,
+        id,
+        start,
+    })
+}
+
+/// Resolves `max_tokens` against the context: the default is whatever room is left, and a
+/// request that cannot fit is refused as OpenAI does.
+fn fit_context(
+    g: &mut Generation,
+    shape: &mut RequestShape,
+    prompt: usize,
+    context: Option<usize>,
+) -> Result<(), ApiError> {
+    let asked = (g.max_tokens > 0).then_some(g.max_tokens);
+    shape.max_tokens = asked;
+    let Some(context) = context else {
+        g.max_tokens = asked.unwrap_or(4096);
+        return Ok(());
+    };
+    let total = prompt + asked.unwrap_or(1);
+    if total > context {
+        return Err(ApiError::invalid_param(
+            if asked.is_some() {
+                "max_tokens"
+            } else {
+                "messages"
+            },
+            format!(
+                "This model's maximum context length is {context} tokens. However, you requested {total} tokens ({prompt} in the prompt, {} for the completion).",
+                asked.unwrap_or(1)
+            ),
+        ));
+    }
+    g.max_tokens = asked.unwrap_or(context - prompt);
+    Ok(())
+}
+
+/// Collects the whole generation into one JSON response.
+async fn whole_response(state: AppState, endpoint: Endpoint, mut run: Running) -> Response {
+    let mut text = String::new();
+    let mut logprobs = Vec::new();
+    let mut timer = TokenTimer::new(&state.metrics, run.start);
+    let (reason, usage) = loop {
+        match run.events.recv().await {
+            Some(Event::Delta { text: t, logprob }) => {
+                timer.token();
+                text.push_str(&t);
+                logprobs.extend(logprob);
+            }
+            Some(Event::Finish { reason, usage }) => break (reason, usage.unwrap_or_default()),
+            Some(Event::Error(message)) => {
+                return finish_error(&state, endpoint, ApiError::Engine(message));
+            }
+            None => {
+                let e = ApiError::Engine("the engine ended the stream without an answer".into());
+                return finish_error(&state, endpoint, e);
+            }
+        }
+    };
+    drop(run.slot);
+    record_done(&state, endpoint, run.start, usage);
+    let created = unix_now();
+    let body = match endpoint {
+        Endpoint::Chat => json!({
+            "id": format!("chatcmpl-{}", run.id), "object": "chat.completion", "created": created, "model": run.shape.model,
+            "system_fingerprint": "ferry",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": chat_logprobs(&logprobs), "finish_reason": reason}],
+            "usage": usage_json(usage),
+        }),
+        Endpoint::Completions => json!({
+            "id": format!("cmpl-{}", run.id), "object": "text_completion", "created": created, "model": run.shape.model,
+            "choices": [{"index": 0, "text": text, "logprobs": completion_logprobs(&logprobs), "finish_reason": reason}],
+            "usage": usage_json(usage),
+        }),
+    };
+    Json(body).into_response()
+}
+
+fn finish_error(state: &AppState, endpoint: Endpoint, e: ApiError) -> Response {
+    state
+        .metrics
+        .requests
+        .with_label_values(&[endpoint.path(), e.code()])
+        .inc();
+    warn!(code = e.code(), error = %e, "generation failed");
+    e.into_response()
+}
+
+fn record_done(state: &AppState, endpoint: Endpoint, start: Instant, usage: Usage) {
+    let m = &state.metrics;
+    m.requests.with_label_values(&[endpoint.path(), "ok"]).inc();
+    m.latency
+        .with_label_values(&[endpoint.path()])
+        .observe(start.elapsed().as_secs_f64());
+    m.generation_tokens.inc_by(usage.completion_tokens as u64);
+    info!(
+        completion_tokens = usage.completion_tokens,
+        seconds = start.elapsed().as_secs_f64(),
+        "done"
+    );
+}
+
+/// TTFT and inter-token latency, observed as tokens arrive.
+struct TokenTimer<'a> {
+    metrics: &'a Metrics,
+    start: Instant,
+    last: Option<Instant>,
+}
+
+impl<'a> TokenTimer<'a> {
+    fn new(metrics: &'a Metrics, start: Instant) -> Self {
+        Self {
+            metrics,
+            start,
+            last: None,
+        }
+    }
+
+    fn token(&mut self) {
+        let now = Instant::now();
+        match self.last {
+            None => self.metrics.ttft.observe((now - self.start).as_secs_f64()),
+            Some(last) => self.metrics.inter_token.observe((now - last).as_secs_f64()),
+        }
+        self.last = Some(now);
+    }
+}
+
+fn usage_json(u: Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+           "total_tokens": u.prompt_tokens + u.completion_tokens})
+}
+
+fn logprob_json(l: &TokenLogprob) -> Value {
+    json!({"token": l.token, "logprob": l.logprob, "bytes": l.token.as_bytes(),
+           "top_logprobs": l.top.iter().map(|(t, p)| json!({"token": t, "logprob": p, "bytes": t.as_bytes()})).collect::<Vec<_>>()})
+}
+
+fn chat_logprobs(l: &[TokenLogprob]) -> Value {
+    if l.is_empty() {
+        Value::Null
+    } else {
+        json!({"content": l.iter().map(logprob_json).collect::<Vec<_>>()})
+    }
+}
+
+fn completion_logprobs(l: &[TokenLogprob]) -> Value {
+    if l.is_empty() {
+        return Value::Null;
+    }
+    json!({"tokens": l.iter().map(|t| &t.token).collect::<Vec<_>>(),
+           "token_logprobs": l.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+           "top_logprobs": l.iter().map(|t| t.top.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>()})
+}
+
+/// Server-sent events: one `data:` line per chunk, `data: [DONE]` at the end. An engine error
+/// mid-stream becomes an `error` event, so clients raise instead of hanging.
+fn stream_response(state: AppState, endpoint: Endpoint, run: Running) -> Response {
+    let stream = futures::stream::unfold(SseState::new(state, endpoint, run), |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), s))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+struct SseState {
+    state: AppState,
+    endpoint: Endpoint,
+    run: Option<Running>,
+    created: u64,
+    sent_role: bool,
+    pending: std::collections::VecDeque<Bytes>,
+    last_token: Option<Instant>,
+}
+
+impl SseState {
+    fn new(state: AppState, endpoint: Endpoint, run: Running) -> Self {
+        Self {
+            state,
+            endpoint,
+            run: Some(run),
+            created: unix_now(),
+            sent_role: false,
+            pending: Default::default(),
+            last_token: None,
+        }
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(b) = self.pending.pop_front() {
+                return Some(b);
+            }
+            let run = self.run.as_mut()?;
+            if self.endpoint == Endpoint::Chat && !self.sent_role {
+                self.sent_role = true;
+                let c = self.chunk(json!({"role": "assistant", "content": ""}), None, None);
+                return Some(c);
+            }
+            match run.events.recv().await {
+                Some(Event::Delta { text, logprob }) => {
+                    let now = Instant::now();
+                    match self.last_token {
+                        None => self
+                            .state
+                            .metrics
+                            .ttft
+                            .observe((now - run.start).as_secs_f64()),
+                        Some(last) => self
+                            .state
+                            .metrics
+                            .inter_token
+                            .observe((now - last).as_secs_f64()),
+                    }
+                    self.last_token = Some(now);
+                    let lp = logprob.as_ref();
+                    let c = match self.endpoint {
+                        Endpoint::Chat => self.chunk(
+                            json!({"content": text}),
+                            None,
+                            lp.map(|l| json!({"content": [logprob_json(l)]})),
+                        ),
+                        Endpoint::Completions => self.chunk(
+                            json!(text),
+                            None,
+                            lp.map(|l| completion_logprobs(std::slice::from_ref(l))),
+                        ),
+                    };
+                    return Some(c);
+                }
+                Some(Event::Finish { reason, usage }) => {
+                    let usage = usage.unwrap_or_default();
+                    let run = self.run.take().expect("running");
+                    let include_usage = run.shape.include_usage;
+                    record_done(&self.state, self.endpoint, run.start, usage);
+                    let empty = if self.endpoint == Endpoint::Chat {
+                        json!({})
+                    } else {
+                        json!("")
+                    };
+                    let last = self.chunk_for(&run, empty, Some(&reason), None);
+                    self.pending.push_back(last);
+                    if include_usage {
+                        let mut u = self.envelope(&run);
+                        u["choices"] = json!([]);
+                        u["usage"] = usage_json(usage);
+                        self.pending.push_back(sse(&u));
+                    }
+                    self.pending
+                        .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+                }
+                Some(Event::Error(message)) => self.fail(ApiError::Engine(message)),
+                None => self.fail(ApiError::Engine(
+                    "the engine ended the stream without a final chunk".into(),
+                )),
+            }
+        }
+    }
+
+    fn fail(&mut self, e: ApiError) {
+        let _ = self.run.take();
+        self.state
+            .metrics
+            .requests
+            .with_label_values(&[self.endpoint.path(), e.code()])
+            .inc();
+        warn!(code = e.code(), error = %e, "stream failed");
+        self.pending.push_back(sse(&e.body()));
+        self.pending
+            .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+    }
+
+    fn envelope(&self, run: &Running) -> Value {
+        match self.endpoint {
+            Endpoint::Chat => {
+                json!({"id": format!("chatcmpl-{}", run.id), "object": "chat.completion.chunk",
+                                     "created": self.created, "model": run.shape.model, "system_fingerprint": "ferry"})
+            }
+            Endpoint::Completions => {
+                json!({"id": format!("cmpl-{}", run.id), "object": "text_completion",
+                                            "created": self.created, "model": run.shape.model})
+            }
+        }
+    }
+
+    fn chunk(&self, delta: Value, reason: Option<&str>, logprobs: Option<Value>) -> Bytes {
+        self.chunk_for(self.run.as_ref().expect("running"), delta, reason, logprobs)
+    }
+
+    fn chunk_for(
+        &self,
+        run: &Running,
+        delta: Value,
+        reason: Option<&str>,
+        logprobs: Option<Value>,
+    ) -> Bytes {
+        let mut c = self.envelope(run);
+        let choice = match self.endpoint {
+            Endpoint::Chat => {
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
+            }
+            Endpoint::Completions => {
+                json!({"index": 0, "text": delta, "logprobs": logprobs, "finish_reason": reason})
+            }
+        };
+        c["choices"] = json!([choice]);
+        sse(&c)
+    }
+}
+
+impl Drop for SseState {
+    fn drop(&mut self) {
+        // Dropped with a generation still running: the client went away. Dropping `run` drops
+        // the event receiver (the engine cancels the sequence) and the slot (admission frees it).
+        if self.run.take().is_some() {
+            self.state
+                .metrics
+                .requests
+                .with_label_values(&[self.endpoint.path(), "cancelled"])
+                .inc();
+            info!("client disconnected; generation cancelled");
+        }
+    }
+}
+
+fn sse(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One real generation before `/ready` turns 200, so the first user request does not pay for
+/// lazy initialisation.
+pub async fn warm_up(engine: &Engine) -> Result<(), ApiError> {
+    let input = Input::Chat(vec![("user".into(), "Hello".into())]);
+    let prompt = engine.count_prompt_tokens(&input).await?;
+    let g = Generation {
+        input,
+        max_tokens: 2,
+        temperature: Some(0.0),
+        top_p: None,
+        stop: Vec::new(),
+        seed: None,
+        json_schema: None,
+        logprobs: None,
+        frequency_penalty: None,
+        presence_penalty: None,
+        ignore_eos: false,
+        min_tokens: 0,
+    };
+    let mut events = engine.generate(g, prompt).await?;
+    loop {
+        match events.recv().await {
+            Some(Event::Finish { .. }) => return Ok(()),
+            Some(Event::Error(e)) => return Err(ApiError::Engine(e)),
+            None => return Err(ApiError::Engine("warm-up stream closed".into())),
+            Some(Event::Delta { .. }) => {}
+        }
+    }
+}

@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    ferry_server::Args::parse_and_run()
+}
