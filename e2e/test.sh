@@ -17,4 +17,5 @@ else
   trap 'echo "ferry: stopping the local Kubernetes"; bash e2e/cluster/down.sh "$RUN" >/dev/null 2>&1' EXIT
 fi
 export FERRY_KUBECONFIG=$RUN/kubeconfig FERRY_KUBECTL=$TOOLS/kubectl
+export FERRY_SERVER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/server-image.sh | tail -1)
 cargo test --workspace --locked "$@"

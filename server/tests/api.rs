@@ -587,3 +587,68 @@ async fn shutdown_stops_admitting_and_drains_in_flight_streams() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn logprobs_and_min_tokens() {
+    let s = tiny(&[]).await;
+    let v: Value = s
+        .post(
+            "/v1/chat/completions",
+            chat_body(
+                "hi",
+                json!({"max_tokens": 3, "ignore_eos": true, "logprobs": true, "top_logprobs": 2}),
+            ),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let content = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no logprobs: {v}"));
+    assert_eq!(content.len(), 3, "{v}");
+    for t in content {
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0, "{t}");
+        assert!(t["token"].is_string());
+        assert_eq!(t["top_logprobs"].as_array().unwrap().len(), 2, "{t}");
+    }
+}
+
+#[tokio::test]
+async fn min_tokens_holds_back_the_end_of_sequence() {
+    let s = tiny(&["--no-prefix-cache"]).await;
+    // Greedy, this prompt ends after 5 tokens on the tiny model.
+    let v: Value = s
+        .post(
+            "/v1/chat/completions",
+            chat_body("one two", json!({"max_tokens": 60, "temperature": 0})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            v["usage"]["completion_tokens"].as_u64(),
+            v["choices"][0]["finish_reason"].as_str()
+        ),
+        (Some(5), Some("stop")),
+        "{v}"
+    );
+    let v: Value = s
+        .post(
+            "/v1/chat/completions",
+            chat_body(
+                "one two",
+                json!({"max_tokens": 60, "temperature": 0, "min_tokens": 25}),
+            ),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() >= 25,
+        "{v}"
+    );
+}

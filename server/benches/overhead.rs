@@ -1,0 +1,229 @@
+//! What the HTTP server costs: ferry-server over HTTP (SSE streaming, admission, metrics) against
+//! the same mistral.rs engine driven in-process with no HTTP, same model (SmolLM2-135M Q4_1),
+//! same prompts, at concurrency 1, 4 and 8. Prints output tokens/s, TTFT and the ratio.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use ferry_server::Args;
+use ferry_server::engine::{Engine, Event, Generation, Input};
+use futures::StreamExt;
+
+const OUTPUT_TOKENS: usize = 64;
+const LEVELS: &[usize] = &[1, 4, 8];
+const PROMPTS: &[&str] = &[
+    "Explain in a few sentences why the sky looks blue during the day and red at sunset.",
+    "Write a short note to a colleague asking to move our meeting from Tuesday to Thursday.",
+    "List three practical tips for keeping a small vegetable garden healthy in summer.",
+    "Describe what a Kubernetes pod is to someone who has only used virtual machines.",
+];
+
+struct Level {
+    tokens: usize,
+    seconds: f64,
+    ttft: Vec<f64>,
+}
+
+impl Level {
+    fn tok_s(&self) -> f64 {
+        self.tokens as f64 / self.seconds
+    }
+    fn ttft_p50(&self) -> f64 {
+        let mut t = self.ttft.clone();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    }
+}
+
+fn args(port: &str) -> Args {
+    let dir = std::env::var_os("FERRY_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/ferry/models")
+        })
+        .join("smollm2");
+    Args::parse_from([
+        "ferry-server",
+        "--model-path",
+        dir.to_str().unwrap(),
+        "--gguf-file",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "--served-model-name",
+        "smollm2",
+        "--max-num-seqs",
+        "8",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        "--log-format",
+        "text",
+    ])
+}
+
+fn generation(i: usize) -> Generation {
+    Generation {
+        input: Input::Chat(vec![("user".into(), PROMPTS[i % PROMPTS.len()].into())]),
+        max_tokens: OUTPUT_TOKENS,
+        temperature: Some(0.0),
+        top_p: None,
+        stop: Vec::new(),
+        seed: None,
+        json_schema: None,
+        logprobs: None,
+        frequency_penalty: None,
+        presence_penalty: None,
+        ignore_eos: true,
+        min_tokens: 0,
+    }
+}
+
+async fn bare(engine: &Engine, concurrency: usize) -> Level {
+    let start = Instant::now();
+    let runs = (0..concurrency * 2).map(|i| async move {
+        let t0 = Instant::now();
+        let g = generation(i);
+        let prompt = engine.count_prompt_tokens(&g.input).await.unwrap();
+        let mut events = engine.generate(g, prompt).await.unwrap();
+        let mut ttft = None;
+        let mut tokens = 0;
+        while let Some(e) = events.recv().await {
+            match e {
+                Event::Delta { .. } => {
+                    ttft.get_or_insert(t0.elapsed().as_secs_f64());
+                }
+                Event::Finish { usage, .. } => {
+                    tokens = usage.unwrap().completion_tokens;
+                    break;
+                }
+                Event::Error(e) => panic!("{e}"),
+            }
+        }
+        (tokens, ttft.unwrap())
+    });
+    finish(start, limited(runs, concurrency).await)
+}
+
+async fn http(client: &reqwest::Client, base: &str, concurrency: usize) -> Level {
+    let start = Instant::now();
+    let runs = (0..concurrency * 2).map(|i| async move {
+        let t0 = Instant::now();
+        let body = serde_json::json!({"model": "smollm2", "stream": true, "stream_options": {"include_usage": true},
+            "max_tokens": OUTPUT_TOKENS, "temperature": 0, "ignore_eos": true,
+            "messages": [{"role": "user", "content": PROMPTS[i % PROMPTS.len()]}]});
+        let r = client.post(format!("{base}/v1/chat/completions")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let mut stream = r.bytes_stream();
+        let mut buf = String::new();
+        let mut ttft = None;
+        let mut tokens = 0;
+        while let Some(chunk) = stream.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                let Some(data) = event.strip_prefix("data: ") else { continue };
+                if data.trim() == "[DONE]" {
+                    continue;
+                }
+                let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+                if v["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()) {
+                    ttft.get_or_insert(t0.elapsed().as_secs_f64());
+                }
+                if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                    tokens = n as usize;
+                }
+            }
+        }
+        (tokens, ttft.unwrap())
+    });
+    finish(start, limited(runs, concurrency).await)
+}
+
+async fn limited<F: std::future::Future<Output = (usize, f64)>>(
+    runs: impl Iterator<Item = F>,
+    n: usize,
+) -> Vec<(usize, f64)> {
+    futures::stream::iter(runs)
+        .buffer_unordered(n)
+        .collect()
+        .await
+}
+
+fn finish(start: Instant, results: Vec<(usize, f64)>) -> Level {
+    Level {
+        tokens: results.iter().map(|r| r.0).sum(),
+        seconds: start.elapsed().as_secs_f64(),
+        ttft: results.iter().map(|r| r.1).collect(),
+    }
+}
+
+fn memory_mib(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let mut results = Vec::new();
+    {
+        let engine = Engine::load(&args("0"))
+            .await
+            .expect("SmolLM2 loads (run e2e/models/fetch.sh)");
+        bare(&engine, 1).await; // warm-up
+        for &c in LEVELS {
+            results.push((c, bare(&engine, c).await));
+        }
+    }
+    let bare_rss = memory_mib("VmRSS:");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(ferry_server::serve(
+        args("0"),
+        listener,
+        std::future::pending(),
+    ));
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    http(&client, &base, 1).await; // warm-up
+    println!(
+        "\nSmolLM2-135M Q4_1, {OUTPUT_TOKENS} output tokens, greedy, {} CPUs",
+        std::thread::available_parallelism().unwrap()
+    );
+    println!(
+        "| concurrency | bare engine tok/s | ferry-server tok/s | ratio | bare TTFT p50 ms | server TTFT p50 ms |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (c, b) in results {
+        let h = http(&client, &base, c).await;
+        println!(
+            "| {c} | {:.1} | {:.1} | {:.3} | {:.0} | {:.0} |",
+            b.tok_s(),
+            h.tok_s(),
+            h.tok_s() / b.tok_s(),
+            b.ttft_p50() * 1e3,
+            h.ttft_p50() * 1e3
+        );
+    }
+    println!(
+        "RSS after the bare-engine phase: {bare_rss:.0} MiB; peak RSS of the process: {:.0} MiB",
+        memory_mib("VmHWM:")
+    );
+}
