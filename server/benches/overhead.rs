@@ -63,19 +63,10 @@ fn args(port: &str) -> Args {
 }
 
 fn generation(i: usize) -> Generation {
+    let input = Input::Chat(vec![("user".into(), PROMPTS[i % PROMPTS.len()].into())]);
     Generation {
-        input: Input::Chat(vec![("user".into(), PROMPTS[i % PROMPTS.len()].into())]),
-        max_tokens: OUTPUT_TOKENS,
-        temperature: Some(0.0),
-        top_p: None,
-        stop: Vec::new(),
-        seed: None,
-        json_schema: None,
-        logprobs: None,
-        frequency_penalty: None,
-        presence_penalty: None,
         ignore_eos: true,
-        min_tokens: 0,
+        ..Generation::greedy(input, OUTPUT_TOKENS)
     }
 }
 

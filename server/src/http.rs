@@ -2,7 +2,6 @@
 //! [`AppState`].
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,10 +20,11 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::admission::{Admission, Slot};
 use crate::config::Args;
-use crate::engine::{Engine, Event, Generation, Input, TokenLogprob, Usage};
+use crate::engine::{Engine, Event, Generation, Input};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::openai::{self, ChatRequest, CompletionRequest, RequestShape};
+use crate::respond;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -257,13 +257,13 @@ async fn embeddings_error(state: &AppState, body: Body) -> ApiError {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Endpoint {
+pub(crate) enum Endpoint {
     Chat,
     Completions,
 }
 
 impl Endpoint {
-    fn path(self) -> &'static str {
+    pub(crate) fn path(self) -> &'static str {
         match self {
             Self::Chat => "/v1/chat/completions",
             Self::Completions => "/v1/completions",
@@ -286,12 +286,12 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// A generation under way: its events, the engine slot it holds, and what the response needs.
-struct Running {
-    shape: RequestShape,
-    events: UnboundedReceiver<Event>,
-    slot: Slot,
-    id: String,
-    start: Instant,
+pub(crate) struct Running {
+    pub(crate) shape: RequestShape,
+    pub(crate) events: UnboundedReceiver<Event>,
+    pub(crate) slot: Slot,
+    pub(crate) id: String,
+    pub(crate) start: Instant,
 }
 
 async fn generate(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
@@ -313,8 +313,8 @@ async fn generate(state: AppState, endpoint: Endpoint, headers: HeaderMap, body:
             }
             e.into_response()
         }
-        Ok(running) if running.shape.stream => stream_response(state, endpoint, running),
-        Ok(running) => whole_response(state, endpoint, running).await,
+        Ok(running) if running.shape.stream => respond::stream_response(state, endpoint, running),
+        Ok(running) => respond::whole_response(state, endpoint, running).await,
     }
 }
 
@@ -395,307 +395,7 @@ fn fit_context(
     Ok(())
 }
 
-/// Collects the whole generation into one JSON response.
-async fn whole_response(state: AppState, endpoint: Endpoint, mut run: Running) -> Response {
-    let mut text = String::new();
-    let mut logprobs = Vec::new();
-    let mut timer = TokenTimer::new(&state.metrics, run.start);
-    let (reason, usage) = loop {
-        match run.events.recv().await {
-            Some(Event::Delta { text: t, logprob }) => {
-                timer.token();
-                text.push_str(&t);
-                logprobs.extend(logprob);
-            }
-            Some(Event::Finish { reason, usage }) => break (reason, usage.unwrap_or_default()),
-            Some(Event::Error(message)) => {
-                return finish_error(&state, endpoint, ApiError::Engine(message));
-            }
-            None => {
-                let e = ApiError::Engine("the engine ended the stream without an answer".into());
-                return finish_error(&state, endpoint, e);
-            }
-        }
-    };
-    drop(run.slot);
-    record_done(&state, endpoint, run.start, usage);
-    let created = unix_now();
-    let body = match endpoint {
-        Endpoint::Chat => json!({
-            "id": format!("chatcmpl-{}", run.id), "object": "chat.completion", "created": created, "model": run.shape.model,
-            "system_fingerprint": "ferry",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": chat_logprobs(&logprobs), "finish_reason": reason}],
-            "usage": usage_json(usage),
-        }),
-        Endpoint::Completions => json!({
-            "id": format!("cmpl-{}", run.id), "object": "text_completion", "created": created, "model": run.shape.model,
-            "choices": [{"index": 0, "text": text, "logprobs": completion_logprobs(&logprobs), "finish_reason": reason}],
-            "usage": usage_json(usage),
-        }),
-    };
-    Json(body).into_response()
-}
-
-fn finish_error(state: &AppState, endpoint: Endpoint, e: ApiError) -> Response {
-    state
-        .metrics
-        .requests
-        .with_label_values(&[endpoint.path(), e.code()])
-        .inc();
-    warn!(code = e.code(), error = %e, "generation failed");
-    e.into_response()
-}
-
-fn record_done(state: &AppState, endpoint: Endpoint, start: Instant, usage: Usage) {
-    let m = &state.metrics;
-    m.requests.with_label_values(&[endpoint.path(), "ok"]).inc();
-    m.latency
-        .with_label_values(&[endpoint.path()])
-        .observe(start.elapsed().as_secs_f64());
-    m.generation_tokens.inc_by(usage.completion_tokens as u64);
-    info!(
-        completion_tokens = usage.completion_tokens,
-        seconds = start.elapsed().as_secs_f64(),
-        "done"
-    );
-}
-
-/// TTFT and inter-token latency, observed as tokens arrive.
-struct TokenTimer<'a> {
-    metrics: &'a Metrics,
-    start: Instant,
-    last: Option<Instant>,
-}
-
-impl<'a> TokenTimer<'a> {
-    fn new(metrics: &'a Metrics, start: Instant) -> Self {
-        Self {
-            metrics,
-            start,
-            last: None,
-        }
-    }
-
-    fn token(&mut self) {
-        let now = Instant::now();
-        match self.last {
-            None => self.metrics.ttft.observe((now - self.start).as_secs_f64()),
-            Some(last) => self.metrics.inter_token.observe((now - last).as_secs_f64()),
-        }
-        self.last = Some(now);
-    }
-}
-
-fn usage_json(u: Usage) -> Value {
-    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-           "total_tokens": u.prompt_tokens + u.completion_tokens})
-}
-
-fn logprob_json(l: &TokenLogprob) -> Value {
-    json!({"token": l.token, "logprob": l.logprob, "bytes": l.token.as_bytes(),
-           "top_logprobs": l.top.iter().map(|(t, p)| json!({"token": t, "logprob": p, "bytes": t.as_bytes()})).collect::<Vec<_>>()})
-}
-
-fn chat_logprobs(l: &[TokenLogprob]) -> Value {
-    if l.is_empty() {
-        Value::Null
-    } else {
-        json!({"content": l.iter().map(logprob_json).collect::<Vec<_>>()})
-    }
-}
-
-fn completion_logprobs(l: &[TokenLogprob]) -> Value {
-    if l.is_empty() {
-        return Value::Null;
-    }
-    json!({"tokens": l.iter().map(|t| &t.token).collect::<Vec<_>>(),
-           "token_logprobs": l.iter().map(|t| t.logprob).collect::<Vec<_>>(),
-           "top_logprobs": l.iter().map(|t| t.top.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>()})
-}
-
-/// Server-sent events: one `data:` line per chunk, `data: [DONE]` at the end. An engine error
-/// mid-stream becomes an `error` event, so clients raise instead of hanging.
-fn stream_response(state: AppState, endpoint: Endpoint, run: Running) -> Response {
-    let stream = futures::stream::unfold(SseState::new(state, endpoint, run), |mut s| async move {
-        let chunk = s.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), s))
-    });
-    let mut response = Response::new(Body::from_stream(stream));
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
-}
-
-struct SseState {
-    state: AppState,
-    endpoint: Endpoint,
-    run: Option<Running>,
-    created: u64,
-    sent_role: bool,
-    pending: std::collections::VecDeque<Bytes>,
-    last_token: Option<Instant>,
-}
-
-impl SseState {
-    fn new(state: AppState, endpoint: Endpoint, run: Running) -> Self {
-        Self {
-            state,
-            endpoint,
-            run: Some(run),
-            created: unix_now(),
-            sent_role: false,
-            pending: Default::default(),
-            last_token: None,
-        }
-    }
-
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        loop {
-            if let Some(b) = self.pending.pop_front() {
-                return Some(b);
-            }
-            let run = self.run.as_mut()?;
-            if self.endpoint == Endpoint::Chat && !self.sent_role {
-                self.sent_role = true;
-                let c = self.chunk(json!({"role": "assistant", "content": ""}), None, None);
-                return Some(c);
-            }
-            match run.events.recv().await {
-                Some(Event::Delta { text, logprob }) => {
-                    let now = Instant::now();
-                    match self.last_token {
-                        None => self
-                            .state
-                            .metrics
-                            .ttft
-                            .observe((now - run.start).as_secs_f64()),
-                        Some(last) => self
-                            .state
-                            .metrics
-                            .inter_token
-                            .observe((now - last).as_secs_f64()),
-                    }
-                    self.last_token = Some(now);
-                    let lp = logprob.as_ref();
-                    let c = match self.endpoint {
-                        Endpoint::Chat => self.chunk(
-                            json!({"content": text}),
-                            None,
-                            lp.map(|l| json!({"content": [logprob_json(l)]})),
-                        ),
-                        Endpoint::Completions => self.chunk(
-                            json!(text),
-                            None,
-                            lp.map(|l| completion_logprobs(std::slice::from_ref(l))),
-                        ),
-                    };
-                    return Some(c);
-                }
-                Some(Event::Finish { reason, usage }) => {
-                    let usage = usage.unwrap_or_default();
-                    let run = self.run.take().expect("running");
-                    let include_usage = run.shape.include_usage;
-                    record_done(&self.state, self.endpoint, run.start, usage);
-                    let empty = if self.endpoint == Endpoint::Chat {
-                        json!({})
-                    } else {
-                        json!("")
-                    };
-                    let last = self.chunk_for(&run, empty, Some(&reason), None);
-                    self.pending.push_back(last);
-                    if include_usage {
-                        let mut u = self.envelope(&run);
-                        u["choices"] = json!([]);
-                        u["usage"] = usage_json(usage);
-                        self.pending.push_back(sse(&u));
-                    }
-                    self.pending
-                        .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
-                }
-                Some(Event::Error(message)) => self.fail(ApiError::Engine(message)),
-                None => self.fail(ApiError::Engine(
-                    "the engine ended the stream without a final chunk".into(),
-                )),
-            }
-        }
-    }
-
-    fn fail(&mut self, e: ApiError) {
-        let _ = self.run.take();
-        self.state
-            .metrics
-            .requests
-            .with_label_values(&[self.endpoint.path(), e.code()])
-            .inc();
-        warn!(code = e.code(), error = %e, "stream failed");
-        self.pending.push_back(sse(&e.body()));
-        self.pending
-            .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
-    }
-
-    fn envelope(&self, run: &Running) -> Value {
-        match self.endpoint {
-            Endpoint::Chat => {
-                json!({"id": format!("chatcmpl-{}", run.id), "object": "chat.completion.chunk",
-                                     "created": self.created, "model": run.shape.model, "system_fingerprint": "ferry"})
-            }
-            Endpoint::Completions => {
-                json!({"id": format!("cmpl-{}", run.id), "object": "text_completion",
-                                            "created": self.created, "model": run.shape.model})
-            }
-        }
-    }
-
-    fn chunk(&self, delta: Value, reason: Option<&str>, logprobs: Option<Value>) -> Bytes {
-        self.chunk_for(self.run.as_ref().expect("running"), delta, reason, logprobs)
-    }
-
-    fn chunk_for(
-        &self,
-        run: &Running,
-        delta: Value,
-        reason: Option<&str>,
-        logprobs: Option<Value>,
-    ) -> Bytes {
-        let mut c = self.envelope(run);
-        let choice = match self.endpoint {
-            Endpoint::Chat => {
-                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
-            }
-            Endpoint::Completions => {
-                json!({"index": 0, "text": delta, "logprobs": logprobs, "finish_reason": reason})
-            }
-        };
-        c["choices"] = json!([choice]);
-        sse(&c)
-    }
-}
-
-impl Drop for SseState {
-    fn drop(&mut self) {
-        // Dropped with a generation still running: the client went away. Dropping `run` drops
-        // the event receiver (the engine cancels the sequence) and the slot (admission frees it).
-        if self.run.take().is_some() {
-            self.state
-                .metrics
-                .requests
-                .with_label_values(&[self.endpoint.path(), "cancelled"])
-                .inc();
-            info!("client disconnected; generation cancelled");
-        }
-    }
-}
-
-fn sse(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
-}
-
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -707,20 +407,7 @@ fn unix_now() -> u64 {
 pub async fn warm_up(engine: &Engine) -> Result<(), ApiError> {
     let input = Input::Chat(vec![("user".into(), "Hello".into())]);
     let prompt = engine.count_prompt_tokens(&input).await?;
-    let g = Generation {
-        input,
-        max_tokens: 2,
-        temperature: Some(0.0),
-        top_p: None,
-        stop: Vec::new(),
-        seed: None,
-        json_schema: None,
-        logprobs: None,
-        frequency_penalty: None,
-        presence_penalty: None,
-        ignore_eos: false,
-        min_tokens: 0,
-    };
+    let g = Generation::greedy(input, 2);
     let mut events = engine.generate(g, prompt).await?;
     loop {
         match events.recv().await {

@@ -8,9 +8,12 @@ pub mod admission;
 pub mod config;
 pub mod engine;
 pub mod error;
+mod events;
 pub mod http;
 pub mod metrics;
 pub mod openai;
+mod respond;
+mod sampling;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
