@@ -18,4 +18,7 @@ else
 fi
 export FERRY_KUBECONFIG=$RUN/kubeconfig FERRY_KUBECTL=$TOOLS/kubectl
 export FERRY_SERVER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/server-image.sh | tail -1)
+# A model image (busybox + the tiny GGUF under /models) for the `image` source.
+export FERRY_MODEL_IMAGE=localhost/models/tiny:1
+FERRY_KUBE_RUN=$RUN bash e2e/cluster/images.sh model "$FERRY_MODELS/tiny-gguf" "$FERRY_MODEL_IMAGE" >/dev/null
 cargo test --workspace --locked "$@"

@@ -389,4 +389,8 @@ pub struct ModelVersionStatus {
     /// (pull, weight copy or download, model load, warm-up) a scale-up has to wait for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold_start_seconds: Option<f64>,
+    /// Hash of the spec the operator first accepted. The spec is immutable: where the API server
+    /// cannot enforce it (no CEL), a different spec is reported as InvalidSpec against this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
 }

@@ -55,6 +55,20 @@ if [ "${1:-}" = bin ]; then
   exit 0
 fi
 
+# --- mode "model": a model image ("modelcar"): busybox (for `cp`) + weights under /models ---
+#   images.sh model /path/to/weights-dir localhost/models/tiny:1
+if [ "${1:-}" = model ]; then
+  DIR=$2; REF=$3
+  R=$(mktemp -d $IMG/rootfs.XXXXXX); mkdir -p $R/bin $R/models
+  cp /bin/busybox $R/bin/busybox; ln -s busybox $R/bin/cp; ln -s busybox $R/bin/sh; ln -s busybox $R/bin/ls
+  cp -a "$DIR"/. $R/models/
+  N=model-$(basename ${REF%%:*}); mkimage $REF $R $IMG/$N.oci.tar '{"Env":["PATH=/bin"],"Cmd":["/bin/ls","-l","/models"]}'
+  rm -rf $R
+  CSOCK=${CSOCK:-${FERRY_KUBE_RUN:-/tmp/ferry-kube}/containerd/containerd.sock}
+  [ -S $CSOCK ] && ctr -a $CSOCK -n k8s.io images import $IMG/$N.oci.tar
+  exit 0
+fi
+
 # --- pause image: compile kubernetes' own build/pause/linux/pause.c statically ---
 R=$(mktemp -d $IMG/rootfs.XXXXXX)
 if [ ! -f $K/build/pause/linux/pause.c ]; then  # build tree gone: take pause.c from Debian's orig tarball

@@ -13,7 +13,7 @@ KUBECTL=${KUBECTL:-${FERRY_CACHE:-$HOME/.cache/ferry}/kube/tools/kubectl}
 IMG=${IMG:-${FERRY_CACHE:-$HOME/.cache/ferry}/kube/images}; IMAGES=${IMAGES:-"$IMG/pause.oci.tar $IMG/busybox.oci.tar"}
 PAUSE_REF=${PAUSE_REF:-localhost/ferry/pause:3.4}
 ETCD_PORT=${ETCD_PORT:-22379}; API_PORT=${API_PORT:-26443}
-NODE=${NODE:-kr-node}; BR=${BR:-kr0}; GW=${GW:-10.88.0.1}; POD_CIDR=${POD_CIDR:-10.88.0.0/16}; SVC_CIDR=${SVC_CIDR:-10.0.0.0/24}
+NODE=${NODE:-kr-node}; BR=${BR:-kr0}; GW=${GW:-10.88.0.1}; POD_CIDR=${POD_CIDR:-10.88.0.0/16}; SVC_CIDR=${SVC_CIDR:-10.0.0.0/16}
 P=$R/pki; C=$R/containerd; CSOCK=$C/containerd.sock; HS=$R/host-state
 mkdir -p $P $C $R/cni/net.d $R/cni/ipam $R/kubelet $HS
 now() { date +%s.%N; }; el() { printf "%.2f" $(echo "$(now)-$1" | bc); }

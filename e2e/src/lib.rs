@@ -69,6 +69,11 @@ impl Cluster {
         })
     }
 
+    /// The admin kubeconfig, for processes (the operator) that run against the cluster.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
     /// Runs kubectl against the cluster.
     pub fn kubectl<I, S>(&self, args: I) -> Kubectl
     where

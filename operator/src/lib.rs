@@ -1,1 +1,284 @@
-//! The control plane: reconciles ModelVersion and LLMDeployment into pods, services, traffic splits and status.
+//! The control plane: reconciles ModelVersion and LLMDeployment into pods, services, traffic
+//! splits and status.
+//!
+//! Each controller is a pipeline with a pure middle: dereference (caches) → validate
+//! ([`validate`]) → build ([`build`], [`pod`]; no API calls) → apply ([`apply`]: server-side apply,
+//! skipped when nothing changed) → status (conditions with Events on transitions).
+
+pub mod apply;
+pub mod build;
+pub mod conditions;
+mod deployment;
+pub mod error;
+mod http;
+pub mod leader;
+pub mod metrics;
+pub mod model_version;
+pub mod pod;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ferry_crds::{LLMDeployment, ModelVersion};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tracing::info;
+
+use crate::build::{LABEL_MANAGED_BY, MANAGER, Settings};
+use crate::metrics::Metrics;
+use crate::pod::ServerSettings;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "ferry-operator",
+    version,
+    about = "Ferry's Kubernetes operator"
+)]
+pub struct Args {
+    /// `ferry-server` image for ModelVersions that do not name one.
+    #[arg(
+        long,
+        env = "FERRY_SERVER_IMAGE",
+        default_value = "localhost/ferry/server:dev"
+    )]
+    pub server_image: String,
+    /// In-cluster OpenAI base URL of the router, reported in `status.endpoint`.
+    #[arg(
+        long,
+        env = "FERRY_ROUTER_ENDPOINT",
+        default_value = "http://ferry-router.ferry-system.svc:8080/v1"
+    )]
+    pub router_endpoint: String,
+    /// Hugging Face mirror for the `huggingFace` source (default: the public Hub).
+    #[arg(long, env = "FERRY_HF_ENDPOINT")]
+    pub hf_endpoint: Option<String>,
+    /// Seconds server pods get to finish in-flight requests when stopped.
+    #[arg(long, env = "FERRY_DRAIN_SECONDS", default_value_t = 30)]
+    pub drain_seconds: u32,
+    /// Seconds a server pod may take to become ready (pull, weights, load) before a restart.
+    #[arg(long, env = "FERRY_STARTUP_SECONDS", default_value_t = 1800)]
+    pub startup_seconds: u32,
+    /// Watch one namespace only (default: all).
+    #[arg(long, env = "FERRY_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "FERRY_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub metrics_address: SocketAddr,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name, else host and process id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a leader's Lease lasts without renewal.
+    #[arg(long, env = "FERRY_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// LLMDeployments reconciled at once.
+    #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+    /// Logs as JSON lines (default) or text.
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// What every reconcile shares: the client, caches of the watched kinds, settings, metrics.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub model_versions: Store<ModelVersion>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub pods: Store<Pod>,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+}
+
+impl Args {
+    pub fn parse_and_run() -> anyhow::Result<()> {
+        let args = Args::parse();
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr);
+        match args.log_format {
+            LogFormat::Json => builder.json().flatten_event(true).init(),
+            LogFormat::Text => builder.init(),
+        }
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(args))
+    }
+}
+
+/// Serves health and metrics, waits for leadership, then runs both controllers until SIGTERM
+/// (or until leadership is lost, which ends the process so it restarts as a standby).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Metrics::new(prometheus::Registry::new());
+    let health = http::Health::default();
+    let listener = tokio::net::TcpListener::bind(args.metrics_address).await?;
+    info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(http::serve(listener, metrics.clone(), health.clone()));
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let election = leader::LeaderElection::new(
+        client.clone(),
+        &args.lease_namespace,
+        &args.lease_name,
+        &identity,
+        Duration::from_secs(args.lease_seconds),
+    );
+    health.set_ready(true);
+    tokio::select! {
+        _ = election.acquire() => {}
+        _ = shutdown_signal() => return Ok(()),
+    }
+    metrics.leader.set(1);
+
+    let controllers = run_controllers(client.clone(), &args, metrics.clone(), identity);
+    tokio::select! {
+        r = controllers => r?,
+        _ = election.hold() => {
+            metrics.leader.set(0);
+            anyhow::bail!("lost the leader Lease; exiting so that only one replica reconciles");
+        }
+    }
+    election.release().await;
+    Ok(())
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A cache of one kind, kept current by a background watch.
+async fn cache<K>(api: Api<K>, config: watcher::Config) -> anyhow::Result<Store<K>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = watcher(api, config).default_backoff().reflect(writer);
+    tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+    store.wait_until_ready().await?;
+    Ok(store)
+}
+
+async fn run_controllers(
+    client: Client,
+    args: &Args,
+    metrics: Metrics,
+    identity: String,
+) -> anyhow::Result<()> {
+    let ns = args.watch_namespace.as_deref();
+    let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    let all = watcher::Config::default();
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings: Settings {
+            server: ServerSettings {
+                image: args.server_image.clone(),
+                drain_seconds: args.drain_seconds,
+                hf_endpoint: args.hf_endpoint.clone(),
+                startup_seconds: args.startup_seconds,
+            },
+            router_endpoint: args.router_endpoint.clone(),
+        },
+        model_versions: cache(api::<ModelVersion>(&client, ns), all.clone()).await?,
+        deployments: cache(api::<Deployment>(&client, ns), ours.clone()).await?,
+        services: cache(api::<Service>(&client, ns), ours.clone()).await?,
+        pods: cache(api::<Pod>(&client, ns), ours.clone()).await?,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(identity),
+            },
+        ),
+        metrics,
+    });
+    info!("caches synced; reconciling");
+    let config = kube::runtime::controller::Config::default().concurrency(args.concurrency);
+
+    let llmds = Controller::new(api::<LLMDeployment>(&client, ns), all.clone())
+        .with_config(config.clone())
+        .owns(api::<Deployment>(&client, ns), ours.clone())
+        .owns(api::<Service>(&client, ns), ours.clone());
+    let llmd_store = llmds.store();
+    let by_version = move |mv: ModelVersion| {
+        let name = mv.name_any();
+        let namespace = mv.namespace();
+        llmd_store
+            .state()
+            .into_iter()
+            .filter(|d| {
+                d.namespace() == namespace && validate::referenced_versions(d).contains(&name)
+            })
+            .map(|d| ObjectRef::from_obj(&*d))
+            .collect::<Vec<_>>()
+    };
+    let llmds = llmds
+        .watches(api::<ModelVersion>(&client, ns), all.clone(), by_version)
+        .graceful_shutdown_on(shutdown_signal())
+        .run(deployment::reconcile, deployment::error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let mvs = Controller::new(api::<ModelVersion>(&client, ns), all)
+        .with_config(config)
+        .watches(api::<Pod>(&client, ns), ours, model_version::pod_to_version)
+        .graceful_shutdown_on(shutdown_signal())
+        .run(model_version::reconcile, model_version::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+
+    futures::join!(llmds, mvs);
+    info!("controllers stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -45,6 +45,9 @@ pub struct Args {
     /// Requests that may wait for an engine slot; beyond it, 429 with Retry-After.
     #[arg(long, env = "FERRY_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
+    /// Jinja chat template that overrides the one the model ships with (the template's text).
+    #[arg(long, env = "FERRY_CHAT_TEMPLATE", hide_env_values = true)]
+    pub chat_template: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "FERRY_HOST", default_value = "0.0.0.0")]
     pub host: String,

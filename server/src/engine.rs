@@ -116,6 +116,9 @@ impl Engine {
                 let mut b = GgufModelBuilder::new(&path, args.gguf_file.clone())
                     .with_max_num_seqs(args.max_num_seqs)
                     .with_prefix_cache_n(prefix_cache(args));
+                if let Some(template) = &args.chat_template {
+                    b = b.with_chat_template(template);
+                }
                 b = match device(&args.device)? {
                     None => b.with_force_cpu(),
                     Some(d) => b.with_device(d),
@@ -129,6 +132,9 @@ impl Engine {
                     .with_dtype(dtype(&args.dtype)?);
                 if let Some(isq) = &args.isq {
                     b = b.with_isq(isq_type(isq)?);
+                }
+                if let Some(template) = &args.chat_template {
+                    b = b.with_chat_template(template);
                 }
                 b = match device(&args.device)? {
                     None => b.with_force_cpu(),

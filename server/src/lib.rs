@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 mod events;
+pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod openai;
@@ -25,25 +26,31 @@ use tracing::{error, info};
 pub use config::Args;
 
 impl Args {
-    /// Parses flags and environment, serves until SIGTERM/SIGINT and a drain.
+    /// Parses flags and environment, serves until SIGTERM/SIGINT and a drain. `ferry-server
+    /// fetch ...` downloads weights instead (see [`fetch`]).
     pub fn parse_and_run() -> anyhow::Result<()> {
-        let args = Args::parse();
-        init_logging(&args);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
+        if std::env::args().nth(1).as_deref() == Some("fetch") {
+            let fetch = fetch::FetchArgs::parse_from(std::env::args().skip(1));
+            init_logging(config::LogFormat::Json);
+            return runtime.block_on(fetch.run());
+        }
+        let args = Args::parse();
+        init_logging(args.log_format);
         runtime.block_on(run(args))
     }
 }
 
-fn init_logging(args: &Args) {
+fn init_logging(format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,mistralrs_core=warn,mistralrs=warn")
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match args.log_format {
+    match format {
         config::LogFormat::Json => builder.json().flatten_event(true).init(),
         config::LogFormat::Text => builder.init(),
     }

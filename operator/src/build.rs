@@ -1,0 +1,393 @@
+//! The pure middle of the LLMDeployment pipeline: from the spec, the referenced ModelVersions
+//! and what is observed in the cluster, the objects that should exist and the status to report.
+//! Nothing here calls the API.
+
+use std::collections::BTreeMap;
+
+use ferry_crds::{
+    LLMDeployment, LLMDeploymentStatus, ModelVersion, Phase, TrafficTarget, VersionStatus,
+    condition::types,
+};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::conditions::Wanted;
+use crate::pod::{SERVER_PORT, ServerSettings, server_pod_spec};
+
+pub const LABEL_DEPLOYMENT: &str = "serving.ferry.dev/llmdeployment";
+pub const LABEL_VERSION: &str = "serving.ferry.dev/version";
+pub const LABEL_MODEL: &str = "serving.ferry.dev/model";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGER: &str = "ferry-operator";
+/// Annotation holding a hash of what the operator last applied to an object: equal hash, no write.
+pub const APPLIED_HASH: &str = "serving.ferry.dev/applied-hash";
+
+/// Operator settings the build depends on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub server: ServerSettings,
+    /// In-cluster OpenAI base URL of the router, reported as `status.endpoint`.
+    pub router_endpoint: String,
+}
+
+/// What the cluster shows for one version's Deployment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// `spec.replicas` of the Deployment.
+    pub replicas: i32,
+    /// Pods passing `/ready`.
+    pub ready: i32,
+}
+
+/// Everything that should exist for one LLMDeployment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    pub deployments: Vec<Deployment>,
+    pub services: Vec<Service>,
+    pub status: LLMDeploymentStatus,
+    pub conditions: Vec<Wanted>,
+}
+
+/// The served OpenAI model id.
+pub fn served_model_name(llmd: &LLMDeployment) -> String {
+    llmd.spec
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| llmd.name_any())
+}
+
+/// Desired objects and status of a valid LLMDeployment. `versions` holds the referenced
+/// ModelVersions (validation made sure they exist); `observed` the versions' Deployments by version.
+pub fn build(
+    llmd: &LLMDeployment,
+    versions: &BTreeMap<String, ModelVersion>,
+    observed: &BTreeMap<String, Observed>,
+    settings: &Settings,
+) -> Desired {
+    let name = llmd.name_any();
+    let model = served_model_name(llmd);
+    let stable = llmd.spec.stable.clone();
+    let seen = observed.get(&stable).copied().unwrap_or_default();
+    let replicas = stable_replicas(llmd, seen);
+    let mut deployments = Vec::new();
+    let mut services = vec![llmd_service(llmd)];
+    if let Some(mv) = versions.get(&stable) {
+        deployments.push(version_deployment(llmd, mv, &model, replicas, settings));
+        services.push(version_service(llmd, &stable));
+    }
+    let ready = seen.ready;
+    let status = LLMDeploymentStatus {
+        phase: Some(phase(replicas, ready)),
+        served_model_name: Some(model),
+        stable_version: Some(stable.clone()),
+        traffic: vec![TrafficTarget {
+            version: stable.clone(),
+            weight: 100,
+            variant: None,
+        }],
+        versions: vec![VersionStatus {
+            name: stable.clone(),
+            replicas,
+            ready_replicas: ready,
+            queue_depth: None,
+        }],
+        endpoint: Some(settings.router_endpoint.clone()),
+        observed_generation: llmd.metadata.generation,
+        replicas: Some(replicas),
+        selector: Some(format!(
+            "{LABEL_DEPLOYMENT}={},{LABEL_VERSION}={}",
+            label_value(&name),
+            label_value(&stable)
+        )),
+        ready: Some(format!("{ready}/{replicas}")),
+        ..Default::default()
+    };
+    Desired {
+        deployments,
+        services,
+        status,
+        conditions: serving_conditions(&stable, replicas, ready),
+    }
+}
+
+/// Stable pods wanted: the fixed count, or (autoscaling) what the Deployment has, clamped to the
+/// autoscaling bounds, so the autoscaler's decisions are not undone here.
+fn stable_replicas(llmd: &LLMDeployment, seen: Observed) -> i32 {
+    match &llmd.spec.autoscaling {
+        None => llmd.spec.fixed_replicas(),
+        Some(a) => seen
+            .replicas
+            .clamp(a.min_replicas, a.max_replicas.max(a.min_replicas)),
+    }
+}
+
+fn phase(replicas: i32, ready: i32) -> Phase {
+    if ready >= replicas {
+        Phase::Available
+    } else if ready == 0 {
+        Phase::Pending
+    } else {
+        Phase::Degraded
+    }
+}
+
+fn serving_conditions(stable: &str, replicas: i32, ready: i32) -> Vec<Wanted> {
+    let available = if replicas == 0 {
+        Wanted::new(
+            types::AVAILABLE,
+            true,
+            "ScaledToZero",
+            format!("version {stable} is scaled to zero pods"),
+        )
+    } else if ready > 0 {
+        Wanted::new(
+            types::AVAILABLE,
+            true,
+            "PodsReady",
+            format!("{ready}/{replicas} pods of version {stable} are ready"),
+        )
+    } else {
+        Wanted::new(
+            types::AVAILABLE,
+            false,
+            "NoReadyPods",
+            format!(
+                "0/{replicas} pods of version {stable} are ready (cold start: pull, weights, load, warm-up)"
+            ),
+        )
+    };
+    let progressing = if ready < replicas {
+        Wanted::new(
+            types::PROGRESSING,
+            true,
+            "PodsStarting",
+            format!(
+                "waiting for {} of {replicas} pods of version {stable}",
+                replicas - ready
+            ),
+        )
+    } else {
+        Wanted::new(
+            types::PROGRESSING,
+            false,
+            "Complete",
+            format!("every wanted pod of version {stable} is ready"),
+        )
+    };
+    let degraded = if ready > 0 && ready < replicas {
+        Wanted::new(
+            types::DEGRADED,
+            true,
+            "PodsNotReady",
+            format!("{ready}/{replicas} pods of version {stable} are ready"),
+        )
+    } else {
+        Wanted::new(
+            types::DEGRADED,
+            false,
+            "AsDesired",
+            "no fewer ready pods than wanted".to_string(),
+        )
+    };
+    vec![
+        available,
+        progressing,
+        degraded,
+        Wanted::new(
+            types::INVALID_SPEC,
+            false,
+            "Valid",
+            "the spec is valid".to_string(),
+        ),
+    ]
+}
+
+/// The Deployment of one version.
+fn version_deployment(
+    llmd: &LLMDeployment,
+    mv: &ModelVersion,
+    model: &str,
+    replicas: i32,
+    settings: &Settings,
+) -> Deployment {
+    let name = llmd.name_any();
+    let version = mv.metadata.name.clone().unwrap_or_default();
+    let selector = version_selector(&name, &version);
+    let mut labels = selector.clone();
+    labels.insert(LABEL_MODEL.into(), label_value(model));
+    labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
+    let pod_annotations = BTreeMap::from([
+        ("prometheus.io/scrape".to_string(), "true".to_string()),
+        ("prometheus.io/port".to_string(), SERVER_PORT.to_string()),
+        ("prometheus.io/path".to_string(), "/metrics".to_string()),
+        (
+            crate::model_version::VERSION_ANNOTATION.to_string(),
+            version.clone(),
+        ),
+    ]);
+    let deployment = Deployment {
+        metadata: child_meta(llmd, child_name(&name, &version), labels.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            // A new pod must be Ready before an old one goes: cold starts take minutes.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            // Rollouts of a model take minutes; do not flag them as stuck before an hour.
+            progress_deadline_seconds: Some(3600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(pod_annotations),
+                    ..Default::default()
+                }),
+                spec: Some(server_pod_spec(&version, model, &mv.spec, &settings.server)),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    };
+    with_hash(deployment)
+}
+
+/// Headless Service of one version: the pods' own addresses, for discovery and metrics scraping.
+fn version_service(llmd: &LLMDeployment, version: &str) -> Service {
+    let name = llmd.name_any();
+    let selector = version_selector(&name, version);
+    let mut labels = selector.clone();
+    labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
+    with_hash(Service {
+        metadata: child_meta(llmd, child_name(&name, version), labels),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector),
+            ports: Some(vec![http_port()]),
+            publish_not_ready_addresses: Some(false),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The LLMDeployment's Service: every ready pod of every version, for clients that do not go
+/// through the router.
+fn llmd_service(llmd: &LLMDeployment) -> Service {
+    let name = llmd.name_any();
+    let selector = BTreeMap::from([(LABEL_DEPLOYMENT.to_string(), label_value(&name))]);
+    let mut labels = selector.clone();
+    labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
+    with_hash(Service {
+        metadata: child_meta(llmd, dns_label(&name), labels),
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![http_port()]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn http_port() -> ServicePort {
+    ServicePort {
+        name: Some("http".into()),
+        port: SERVER_PORT,
+        target_port: Some(IntOrString::String("http".into())),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+fn version_selector(llmd: &str, version: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_DEPLOYMENT.to_string(), label_value(llmd)),
+        (LABEL_VERSION.to_string(), label_value(version)),
+    ])
+}
+
+fn child_meta(llmd: &LLMDeployment, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: llmd.metadata.namespace.clone(),
+        labels: Some(labels),
+        owner_references: owner_reference(llmd).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+fn owner_reference(llmd: &LLMDeployment) -> Option<OwnerReference> {
+    let mut owner = llmd.controller_owner_ref(&())?;
+    owner.block_owner_deletion = Some(true);
+    Some(owner)
+}
+
+/// Name of a version's Deployment and Service: `<llmd>-<version>` as a DNS label (dots become
+/// dashes; names over 63 characters are cut and end in a hash, so they stay unique).
+pub fn child_name(llmd: &str, version: &str) -> String {
+    dns_label(&format!("{llmd}-{version}"))
+}
+
+/// `s` as an RFC 1035 label (Service names): lower-case alphanumerics and dashes, starting with a
+/// letter, at most 63 characters.
+pub fn dns_label(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if !out.starts_with(|c: char| c.is_ascii_lowercase()) {
+        out.insert(0, 'x');
+    }
+    shorten(out.trim_end_matches('-').to_string(), s)
+}
+
+/// `s` as a label value: names longer than 63 characters are cut and end in a hash.
+pub fn label_value(s: &str) -> String {
+    shorten(s.to_string(), s)
+}
+
+fn shorten(out: String, original: &str) -> String {
+    if out.len() <= 63 {
+        return out;
+    }
+    let hash = format!("{:016x}", fnv1a(original.as_bytes()));
+    format!("{}-{}", out[..46].trim_end_matches(['-', '.']), &hash[..16])
+}
+
+/// Adds the [`APPLIED_HASH`] annotation: a hash of the object as built.
+fn with_hash<K: Resource + serde::Serialize>(mut object: K) -> K {
+    let hash = format!(
+        "{:016x}",
+        fnv1a(&serde_json::to_vec(&object).expect("objects serialize"))
+    );
+    object
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(APPLIED_HASH.into(), hash);
+    object
+}
+
+/// 64-bit FNV-1a: stable across Rust versions and processes (unlike `DefaultHasher`).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}

@@ -1,0 +1,368 @@
+//! The pod that runs one ModelVersion: the `ferry-server` container with flags from the
+//! ModelVersion's engine settings, the weights delivered per source, probes sized for cold starts.
+//! Pure: no API calls.
+
+use std::collections::BTreeMap;
+
+use ferry_crds::{EngineSpec, ModelFormat, ModelSource, ModelVersionSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    PersistentVolumeClaimVolumeSource, PodSpec, Probe, ResourceRequirements, SecretKeySelector,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Port `ferry-server` listens on in every pod.
+pub const SERVER_PORT: i32 = 8000;
+/// Where the weights are mounted (or copied) in the server container.
+const MODELS_DIR: &str = "/models";
+
+/// Operator-wide settings that shape every server pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerSettings {
+    /// `ferry-server` image used unless a ModelVersion names its own.
+    pub image: String,
+    /// Seconds in-flight requests get after SIGTERM (`--drain-seconds`).
+    pub drain_seconds: u32,
+    /// Hugging Face endpoint (a mirror) for the `huggingFace` source; `None`: the public Hub.
+    pub hf_endpoint: Option<String>,
+    /// Seconds a pod may take from start to its first successful `/ready` (pull, copy or download,
+    /// load, warm-up) before the kubelet restarts it.
+    pub startup_seconds: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            image: "ferry/server:latest".into(),
+            drain_seconds: 30,
+            hf_endpoint: None,
+            startup_seconds: 1800,
+        }
+    }
+}
+
+/// The pod spec of one version's server pods.
+pub fn server_pod_spec(
+    version: &str,
+    served_model_name: &str,
+    spec: &ModelVersionSpec,
+    settings: &ServerSettings,
+) -> PodSpec {
+    let image = spec
+        .resources
+        .image
+        .clone()
+        .unwrap_or_else(|| settings.image.clone());
+    let delivery = delivery(spec, &image, settings);
+    let mut args: Vec<String> = [
+        ["--model-path", delivery.model_path.as_str()],
+        ["--served-model-name", served_model_name],
+        ["--model-version", version],
+        ["--port", &SERVER_PORT.to_string()],
+        ["--drain-seconds", &settings.drain_seconds.to_string()],
+    ]
+    .into_iter()
+    .flatten()
+    .map(String::from)
+    .collect();
+    format_flags(&mut args, spec, &delivery);
+    engine_flags(&mut args, &spec.engine);
+    if spec.resources.gpus > 0 {
+        push(&mut args, "--device", "cuda:0");
+    }
+    let mut env = vec![env_var("HF_HOME", "/tmp/hf")];
+    if let Some(template) = &spec.engine.chat_template {
+        env.push(env_var("FERRY_CHAT_TEMPLATE", template));
+    }
+    let mut mounts = vec![mount("tmp", "/tmp", false)];
+    mounts.extend(delivery.server_mount);
+    let http = |path: &str| HTTPGetAction {
+        path: Some(path.into()),
+        port: IntOrString::Int(SERVER_PORT),
+        ..Default::default()
+    };
+    const STARTUP_PERIOD: i32 = 5;
+    let server = Container {
+        name: "server".into(),
+        image: Some(image),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(args),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: SERVER_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: Some(resources(spec)),
+        startup_probe: Some(Probe {
+            http_get: Some(http("/ready")),
+            period_seconds: Some(STARTUP_PERIOD),
+            failure_threshold: Some((settings.startup_seconds as i32 / STARTUP_PERIOD).max(1)),
+            ..Default::default()
+        }),
+        readiness_probe: Some(Probe {
+            http_get: Some(http("/ready")),
+            period_seconds: Some(2),
+            failure_threshold: Some(1),
+            ..Default::default()
+        }),
+        liveness_probe: Some(Probe {
+            http_get: Some(http("/health")),
+            period_seconds: Some(10),
+            timeout_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    let mut volumes = vec![empty_dir("tmp")];
+    volumes.extend(delivery.volume);
+    PodSpec {
+        containers: vec![server],
+        init_containers: delivery.init.map(|c| vec![c]),
+        volumes: Some(volumes),
+        node_selector: Some(spec.resources.node_selector.clone()).filter(|m| !m.is_empty()),
+        tolerations: Some(spec.resources.tolerations.clone()).filter(|t| !t.is_empty()),
+        // Room for the drain plus the kubelet's own stop time.
+        termination_grace_period_seconds: Some(i64::from(settings.drain_seconds) + 15),
+        enable_service_links: Some(false),
+        ..Default::default()
+    }
+}
+
+/// How the weights reach the server container.
+struct Delivery {
+    model_path: String,
+    volume: Option<Volume>,
+    server_mount: Option<VolumeMount>,
+    init: Option<Container>,
+    /// File names under `model_path` (GGUF), when the source decides them.
+    files: Vec<String>,
+}
+
+fn delivery(spec: &ModelVersionSpec, server_image: &str, settings: &ServerSettings) -> Delivery {
+    match &spec.source {
+        ModelSource::Pvc(pvc) => Delivery {
+            model_path: join(MODELS_DIR, pvc.path.as_deref().unwrap_or("")),
+            volume: Some(Volume {
+                name: "model".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: pvc.claim_name.clone(),
+                    read_only: Some(true),
+                }),
+                ..Default::default()
+            }),
+            server_mount: Some(mount("model", MODELS_DIR, true)),
+            init: None,
+            files: spec.files.clone(),
+        },
+        ModelSource::Image(image) => Delivery {
+            model_path: MODELS_DIR.into(),
+            volume: Some(empty_dir("model")),
+            server_mount: Some(mount("model", MODELS_DIR, true)),
+            // The model image provides `cp` (e.g. built FROM busybox), as modelcar images do.
+            init: Some(Container {
+                name: "model".into(),
+                image: Some(image.reference.clone()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                command: Some(vec![
+                    "cp".into(),
+                    "-R".into(),
+                    format!("{}/.", image.path.trim_end_matches('/')),
+                    "/model-volume/".into(),
+                ]),
+                volume_mounts: Some(vec![mount("model", "/model-volume", false)]),
+                ..Default::default()
+            }),
+            files: spec.files.clone(),
+        },
+        ModelSource::Url(url) => {
+            let name = spec
+                .files
+                .first()
+                .cloned()
+                .unwrap_or_else(|| url_file_name(&url.uri));
+            let args = vec![
+                "fetch".into(),
+                "--dest".into(),
+                "/model-volume".into(),
+                "--url".into(),
+                url.uri.clone(),
+                "--sha256".into(),
+                url.sha256.clone(),
+                "--file-name".into(),
+                name.clone(),
+            ];
+            Delivery {
+                model_path: MODELS_DIR.into(),
+                volume: Some(empty_dir("model")),
+                server_mount: Some(mount("model", MODELS_DIR, true)),
+                init: Some(fetch_container(server_image, args, Vec::new())),
+                files: vec![name],
+            }
+        }
+        ModelSource::HuggingFace(hf) => {
+            let files = if hf.files.is_empty() {
+                spec.files.clone()
+            } else {
+                hf.files.clone()
+            };
+            let mut args = vec![
+                "fetch".into(),
+                "--dest".into(),
+                "/model-volume".into(),
+                "--hf-repo".into(),
+                hf.repo.clone(),
+                "--revision".into(),
+                hf.revision.clone(),
+            ];
+            for f in &files {
+                args.push("--file".into());
+                args.push(f.clone());
+            }
+            let mut env = Vec::new();
+            if let Some(endpoint) = &settings.hf_endpoint {
+                env.push(env_var("HF_ENDPOINT", endpoint));
+            }
+            if let Some(secret) = &hf.token_secret_ref {
+                env.push(EnvVar {
+                    name: "HF_TOKEN".into(),
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: secret.name.clone(),
+                            key: secret.key.clone(),
+                            optional: Some(false),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            let gguf: Vec<String> = files
+                .iter()
+                .filter(|f| f.ends_with(".gguf"))
+                .cloned()
+                .collect();
+            Delivery {
+                model_path: MODELS_DIR.into(),
+                volume: Some(empty_dir("model")),
+                server_mount: Some(mount("model", MODELS_DIR, true)),
+                init: Some(fetch_container(server_image, args, env)),
+                files: if spec.files.is_empty() {
+                    gguf
+                } else {
+                    spec.files.clone()
+                },
+            }
+        }
+    }
+}
+
+fn fetch_container(image: &str, args: Vec<String>, env: Vec<EnvVar>) -> Container {
+    Container {
+        name: "fetch".into(),
+        image: Some(image.into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(args),
+        env: Some(env).filter(|e| !e.is_empty()),
+        volume_mounts: Some(vec![mount("model", "/model-volume", false)]),
+        ..Default::default()
+    }
+}
+
+/// The last path segment of a URL, without query or fragment.
+pub fn url_file_name(uri: &str) -> String {
+    let path = uri.split(['?', '#']).next().unwrap_or(uri);
+    path.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+fn format_flags(args: &mut Vec<String>, spec: &ModelVersionSpec, delivery: &Delivery) {
+    match spec.format {
+        ModelFormat::Gguf => {
+            push(args, "--format", "gguf");
+            push(args, "--gguf-file", &delivery.files.join(","));
+        }
+        ModelFormat::Safetensors => push(args, "--format", "safetensors"),
+    }
+}
+
+fn engine_flags(args: &mut Vec<String>, engine: &EngineSpec) {
+    let name = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    push(args, "--dtype", &name(serde_json::json!(engine.dtype)));
+    push(args, "--max-num-seqs", &engine.max_num_seqs.to_string());
+    push(args, "--max-queue", &engine.max_queue.to_string());
+    if let Some(n) = engine.max_seq_len {
+        push(args, "--max-seq-len", &n.to_string());
+    }
+    if let Some(isq) = engine.isq {
+        push(args, "--isq", &name(serde_json::json!(isq)));
+    }
+    if !engine.prefix_cache {
+        args.push("--no-prefix-cache".into());
+    }
+}
+
+fn push(args: &mut Vec<String>, name: &str, value: &str) {
+    args.push(name.into());
+    args.push(value.into());
+}
+
+fn resources(spec: &ModelVersionSpec) -> ResourceRequirements {
+    let mut amounts = BTreeMap::new();
+    if let Some(cpu) = &spec.resources.cpu {
+        amounts.insert("cpu".to_string(), cpu.clone());
+    }
+    if let Some(memory) = &spec.resources.memory {
+        amounts.insert("memory".to_string(), memory.clone());
+    }
+    let mut limits = amounts.clone();
+    if spec.resources.gpus > 0 {
+        limits.insert(
+            spec.resources.gpu_resource_name.clone(),
+            Quantity(spec.resources.gpus.to_string()),
+        );
+    }
+    ResourceRequirements {
+        requests: Some(amounts).filter(|m| !m.is_empty()),
+        limits: Some(limits).filter(|m| !m.is_empty()),
+        ..Default::default()
+    }
+}
+
+fn join(dir: &str, sub: &str) -> String {
+    let sub = sub.trim_matches('/');
+    if sub.is_empty() {
+        dir.into()
+    } else {
+        format!("{dir}/{sub}")
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only).filter(|r| *r),
+        ..Default::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}

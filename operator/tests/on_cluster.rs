@@ -1,0 +1,470 @@
+//! The operator against the real local Kubernetes, with real `ferry-server` pods running the tiny
+//! model. Each test has its own namespace and its own operator process (and Lease).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Operator, apply, llm_deployment, tiny_model_claim, tiny_model_version, wait_for};
+use ferry_crds::{LLMDeployment, ModelVersion, Phase};
+use ferry_e2e::Cluster;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::{Api, ResourceExt};
+
+const POD_START: Duration = Duration::from_secs(120);
+
+fn condition(llmd: &LLMDeployment, type_: &str) -> Option<(String, String, String)> {
+    let c = llmd
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn available(api: &Api<LLMDeployment>, name: &str) -> LLMDeployment {
+    wait_for(&format!("{name} Available"), POD_START, || async {
+        let d = api.get(name).await.ok()?;
+        let s = d.status.as_ref()?;
+        (s.phase == Some(Phase::Available) && s.observed_generation == d.metadata.generation)
+            .then_some(d)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn llmdeployment_becomes_available_with_real_pods_and_a_second_reconcile_writes_nothing() {
+    let cluster = Cluster::get();
+    let ns = cluster.temp_namespace("op-avail");
+    let client = cluster.client().await;
+    let operator = Operator::start(&ns, "op-a", &[]);
+    let pv = tiny_model_claim(&ns, "weights");
+    apply(
+        &ns,
+        &tiny_model_version("tiny-v1", "{pvc: {claimName: weights}}"),
+    );
+    apply(&ns, &llm_deployment("chat", "tiny-v1", 1));
+
+    let llmds: Api<LLMDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let d = available(&llmds, "chat").await;
+    let status = d.status.clone().unwrap();
+    assert_eq!(status.ready.as_deref(), Some("1/1"));
+    assert_eq!(status.versions[0].ready_replicas, 1);
+    assert_eq!(status.traffic.len(), 1);
+    assert_eq!(
+        (status.traffic[0].version.as_str(), status.traffic[0].weight),
+        ("tiny-v1", 100)
+    );
+    assert_eq!(status.endpoint.as_deref(), Some("http://10.0.0.2:8080/v1"));
+    assert_eq!(condition(&d, "Available").unwrap().0, "True");
+    assert_eq!(condition(&d, "InvalidSpec").unwrap().0, "False");
+
+    // Children, owned by the LLMDeployment.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let dep = deployments.get("chat-tiny-v1").await.unwrap();
+    assert_eq!(dep.owner_references()[0].uid, d.uid().unwrap());
+    let svc_names: Vec<String> = services
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    assert_eq!(svc_names, ["chat", "chat-tiny-v1"]);
+
+    // The pod really serves the model.
+    let pods = ns
+        .kubectl([
+            "get",
+            "pods",
+            "-l",
+            "serving.ferry.dev/llmdeployment=chat",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ])
+        .ok("pod IP");
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{pods}:8000/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "ignore_eos": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["usage"]["completion_tokens"], 3, "{answer}");
+
+    // The ModelVersion is Valid and knows its cold start.
+    let mvs: Api<ModelVersion> = Api::namespaced(client.clone(), &ns.name);
+    let mv = wait_for("coldStartSeconds", Duration::from_secs(30), || async {
+        let mv = mvs.get("tiny-v1").await.ok()?;
+        mv.status.as_ref()?.cold_start_seconds?;
+        Some(mv)
+    })
+    .await;
+    let mv_status = mv.status.unwrap();
+    assert_eq!(mv_status.conditions[0].type_, "Valid");
+    assert_eq!(mv_status.conditions[0].status, "True");
+    println!(
+        "cold start of a tiny-model pod: {:?} s",
+        mv_status.cold_start_seconds
+    );
+
+    // A reconcile with nothing changed writes nothing: touch the LLMDeployment's metadata only.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes_before = operator.metric("ferry_operator_api_writes_total", "").await;
+    let reconciles_before = operator
+        .metric("ferry_operator_reconciles_total", "llmdeployment")
+        .await;
+    let versions_before = (
+        deployments
+            .get("chat-tiny-v1")
+            .await
+            .unwrap()
+            .resource_version(),
+        services.get("chat").await.unwrap().resource_version(),
+        services
+            .get("chat-tiny-v1")
+            .await
+            .unwrap()
+            .resource_version(),
+    );
+    let status_before = llmds.get("chat").await.unwrap().status;
+    ns.kubectl(["annotate", "llmd", "chat", "example.com/touched=yes"])
+        .ok("annotate");
+    wait_for(
+        "a reconcile after the touch",
+        Duration::from_secs(20),
+        || async {
+            (operator
+                .metric("ferry_operator_reconciles_total", "llmdeployment")
+                .await
+                > reconciles_before)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        operator.metric("ferry_operator_api_writes_total", "").await,
+        writes_before
+    );
+    let versions_after = (
+        deployments
+            .get("chat-tiny-v1")
+            .await
+            .unwrap()
+            .resource_version(),
+        services.get("chat").await.unwrap().resource_version(),
+        services
+            .get("chat-tiny-v1")
+            .await
+            .unwrap()
+            .resource_version(),
+    );
+    assert_eq!(versions_after, versions_before);
+    assert_eq!(llmds.get("chat").await.unwrap().status, status_before);
+
+    // Delete: the garbage collector removes the children.
+    ns.kubectl(["delete", "llmd", "chat", "--wait=true"])
+        .ok("delete llmd");
+    wait_for(
+        "children garbage-collected",
+        Duration::from_secs(90),
+        || async {
+            let deps = deployments.list(&Default::default()).await.ok()?.items;
+            let svcs = services.list(&Default::default()).await.ok()?.items;
+            (deps.is_empty() && svcs.is_empty()).then_some(())
+        },
+    )
+    .await;
+    cluster.kubectl(["delete", "pv", &pv, "--wait=false"]);
+}
+
+#[tokio::test]
+async fn invalid_specs_are_reported_leave_workloads_running_and_recover_when_fixed() {
+    let cluster = Cluster::get();
+    let ns = cluster.temp_namespace("op-invalid");
+    let client = cluster.client().await;
+    let _operator = Operator::start(&ns, "op-b", &[]);
+    let llmds: Api<LLMDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+
+    // A missing ModelVersion: InvalidSpec, phase Invalid, a Warning Event, nothing created.
+    apply(&ns, &llm_deployment("chat", "missing", 0));
+    let d = wait_for("InvalidSpec", Duration::from_secs(30), || async {
+        let d = llmds.get("chat").await.ok()?;
+        (condition(&d, "InvalidSpec")?.0 == "True").then_some(d)
+    })
+    .await;
+    assert_eq!(d.status.as_ref().unwrap().phase, Some(Phase::Invalid));
+    let message = condition(&d, "InvalidSpec").unwrap().2;
+    assert_eq!(
+        message,
+        format!(
+            "ModelVersion \"missing\" not found in namespace {}",
+            ns.name
+        )
+    );
+    let events = wait_for("a Warning Event", Duration::from_secs(10), || async {
+        let out = ns
+            .kubectl([
+                "get",
+                "events",
+                "--field-selector",
+                "reason=InvalidSpec",
+                "-o",
+                "jsonpath={.items[*].type}",
+            ])
+            .ok("events");
+        out.contains("Warning").then_some(out)
+    })
+    .await;
+    assert!(events.contains("Warning"));
+    assert!(
+        deployments
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // Fixing it (creating the ModelVersion) recovers without a restart.
+    apply(
+        &ns,
+        &tiny_model_version(
+            "missing",
+            "{pvc: {claimName: nothing-needed-at-zero-replicas}}",
+        ),
+    );
+    available(&llmds, "chat").await;
+    let dep = deployments.get("chat-missing").await.unwrap();
+    assert_eq!(
+        condition(&llmds.get("chat").await.unwrap(), "InvalidSpec")
+            .unwrap()
+            .0,
+        "False"
+    );
+
+    // Breaking it again leaves the existing Deployment alone.
+    let patch = r#"{"spec":{"canary":{"version":"missing"}}}"#;
+    ns.kubectl(["patch", "llmd", "chat", "--type=merge", "-p", patch])
+        .ok("patch canary = stable");
+    let d = wait_for(
+        "InvalidSpec after the bad patch",
+        Duration::from_secs(30),
+        || async {
+            let d = llmds.get("chat").await.ok()?;
+            (condition(&d, "InvalidSpec")?.0 == "True").then_some(d)
+        },
+    )
+    .await;
+    assert!(
+        condition(&d, "InvalidSpec")
+            .unwrap()
+            .2
+            .contains("canary.version must differ from stable"),
+        "{:?}",
+        condition(&d, "InvalidSpec")
+    );
+    assert_eq!(
+        deployments
+            .get("chat-missing")
+            .await
+            .unwrap()
+            .resource_version(),
+        dep.resource_version()
+    );
+
+    // A ModelVersion spec changed after creation (1.20 cannot enforce `self == oldSelf`): reported.
+    let mvs: Api<ModelVersion> = Api::namespaced(client.clone(), &ns.name);
+    wait_for("specHash recorded", Duration::from_secs(20), || async {
+        mvs.get("missing").await.ok()?.status?.spec_hash
+    })
+    .await;
+    ns.kubectl([
+        "patch",
+        "mv",
+        "missing",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"engine":{"maxNumSeqs":2}}}"#,
+    ])
+    .ok("patch mv");
+    let mv = wait_for(
+        "ModelVersion Valid=False",
+        Duration::from_secs(20),
+        || async {
+            let mv = mvs.get("missing").await.ok()?;
+            (mv.status
+                .as_ref()?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Valid" && c.status == "False"))
+            .then_some(mv)
+        },
+    )
+    .await;
+    assert!(
+        mv.status.unwrap().conditions[0]
+            .message
+            .contains("ModelVersion spec is immutable")
+    );
+}
+
+#[tokio::test]
+async fn image_url_and_hugging_face_sources_deliver_the_weights() {
+    let cluster = Cluster::get();
+    let ns = cluster.temp_namespace("op-sources");
+    let client = cluster.client().await;
+    let files = common::WeightsServer::start();
+    let _operator = Operator::start(&ns, "op-c", &["--hf-endpoint", &files.url]);
+    let model_image =
+        std::env::var("FERRY_MODEL_IMAGE").expect("FERRY_MODEL_IMAGE is set by e2e/test.sh");
+    let sha = files.sha256.clone();
+    apply(
+        &ns,
+        &tiny_model_version(
+            "from-image",
+            &format!("{{image: {{reference: '{model_image}', path: /models}}}}"),
+        ),
+    );
+    apply(
+        &ns,
+        &tiny_model_version(
+            "from-url",
+            &format!(
+                "{{url: {{uri: '{}/tiny-q8_0.gguf', sha256: {sha}}}}}",
+                files.url
+            ),
+        ),
+    );
+    apply(
+        &ns,
+        &tiny_model_version(
+            "from-hub",
+            "{huggingFace: {repo: ferry/tiny, revision: v1, files: [tiny-q8_0.gguf]}}",
+        ),
+    );
+    apply(
+        &ns,
+        &tiny_model_version(
+            "bad-sha",
+            &format!(
+                "{{url: {{uri: '{}/tiny-q8_0.gguf', sha256: '{}'}}}}",
+                files.url,
+                "0".repeat(64)
+            ),
+        ),
+    );
+    for (name, version) in [
+        ("img", "from-image"),
+        ("url", "from-url"),
+        ("hub", "from-hub"),
+        ("bad", "bad-sha"),
+    ] {
+        apply(&ns, &llm_deployment(name, version, 1));
+    }
+    let llmds: Api<LLMDeployment> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["img", "url", "hub"] {
+        let d = available(&llmds, name).await;
+        assert_eq!(d.status.unwrap().ready.as_deref(), Some("1/1"), "{name}");
+    }
+    // A download with the wrong checksum never starts the server.
+    let log = wait_for(
+        "the fetch container's checksum error",
+        Duration::from_secs(60),
+        || async {
+            let out = ns.kubectl([
+                "logs",
+                "-l",
+                "serving.ferry.dev/llmdeployment=bad",
+                "-c",
+                "fetch",
+            ]);
+            out.stdout.contains("sha256 mismatch").then_some(out.stdout)
+        },
+    )
+    .await;
+    assert!(log.contains(&format!("got {sha}")), "{log}");
+    let bad = llmds.get("bad").await.unwrap();
+    assert_eq!(bad.status.unwrap().phase, Some(Phase::Pending));
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_and_a_standby_takes_over_and_converges() {
+    let cluster = Cluster::get();
+    let ns = cluster.temp_namespace("op-leader");
+    let client = cluster.client().await;
+    let lease = ["--lease-seconds", "4"];
+    let mut first = Operator::start(&ns, "op-first", &lease);
+    wait_for("op-first leads", Duration::from_secs(20), || async {
+        (first.metric("ferry_operator_leader", "").await == 1.0).then_some(())
+    })
+    .await;
+    let second = Operator::start(&ns, "op-second", &lease);
+    second.metrics_url().await;
+
+    apply(&ns, &tiny_model_version("v1", "{pvc: {claimName: unused}}"));
+    apply(&ns, &llm_deployment("chat", "v1", 0));
+    let llmds: Api<LLMDeployment> = Api::namespaced(client.clone(), &ns.name);
+    available(&llmds, "chat").await;
+    assert_eq!(second.metric("ferry_operator_leader", "").await, 0.0);
+    assert_eq!(
+        second.metric("ferry_operator_reconciles_total", "").await,
+        0.0,
+        "the standby reconciled"
+    );
+    assert_eq!(
+        second.metric("ferry_operator_api_writes_total", "").await,
+        0.0,
+        "the standby wrote"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let dep_version = deployments.get("chat-v1").await.unwrap().resource_version();
+
+    // The leader crashes mid-way: a change made while nobody leads is picked up by the standby.
+    first.kill();
+    ns.kubectl([
+        "patch",
+        "llmd",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"servedModelName":"renamed"}}"#,
+    ])
+    .ok("patch");
+    wait_for("op-second leads", Duration::from_secs(30), || async {
+        (second.metric("ferry_operator_leader", "").await == 1.0).then_some(())
+    })
+    .await;
+    let d = wait_for(
+        "the change reconciled by the new leader",
+        Duration::from_secs(30),
+        || async {
+            let d = llmds.get("chat").await.ok()?;
+            (d.status.as_ref()?.served_model_name.as_deref() == Some("renamed")).then_some(d)
+        },
+    )
+    .await;
+    assert_eq!(d.status.unwrap().observed_generation, d.metadata.generation);
+    // Converged to the same objects: the Deployment changed only for the new model label.
+    let dep = deployments.get("chat-v1").await.unwrap();
+    assert_ne!(dep.resource_version(), dep_version);
+    assert_eq!(dep.labels()["serving.ferry.dev/model"], "renamed");
+    let lease_holder = ns
+        .kubectl([
+            "get",
+            "lease",
+            "ferry-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .ok("lease");
+    assert_eq!(lease_holder, "op-second");
+}
