@@ -1,8 +1,10 @@
 #!/bin/bash
-# Ferry's main job, one command: a real local Kubernetes with Ferry's CRDs and example resources.
-# Builds what is missing (first run: ~8 min for Kubernetes from Debian's source), starts the
-# cluster (or reuses a running one), installs the CRDs, applies manifests/examples, shows them,
-# shows an invalid resource being rejected, and leaves the cluster up. Needs root.
+# Ferry's main job, one command: a real local Kubernetes running Ferry, serving SmolLM2.
+# Builds what is missing (first run: ~8 min for Kubernetes from Debian's source, ~15 min for
+# mistral.rs), starts the cluster (or reuses a running one), installs the CRDs, builds the
+# ferry-server image and a SmolLM2 model image, starts the operator, applies manifests/quickstart.yaml,
+# waits until the model is Available, asks it a question over the OpenAI API, shows an invalid
+# resource being rejected, and leaves everything running. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${FERRY_KUBE_RUN:-/tmp/ferry-kube}
@@ -26,15 +28,40 @@ step "Installing Ferry's CRDs (charts/ferry/crds)"
 kubectl apply --validate=false -f charts/ferry/crds/
 kubectl wait --for=condition=Established --timeout=60s crd/modelversions.serving.ferry.dev crd/llmdeployments.serving.ferry.dev
 
-step "Applying the examples (manifests/examples) in namespace $NS"
+step "Building Ferry (first run compiles mistral.rs: ~15 min) and the ferry-server image"
+MODELS=$(bash e2e/models/fetch.sh | tail -1)
+SERVER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/server-image.sh | tail -1)
+echo "server image: $SERVER_IMAGE"
+
+step "Packaging SmolLM2 as a model image (busybox + the GGUF under /models)"
+FERRY_KUBE_RUN=$RUN bash e2e/cluster/images.sh model "$MODELS/smollm2" localhost/ferry/model-smollm2:0.1.2 | tail -1
+
+step "Starting ferry-operator for namespace $NS (logs: $RUN/ferry-operator.log)"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl apply --validate=false -n "$NS" -f manifests/examples/
+if [ -f "$RUN/ferry-operator.pid" ] && kill -0 "$(cat "$RUN/ferry-operator.pid")" 2>/dev/null; then
+  kill "$(cat "$RUN/ferry-operator.pid")"; sleep 1
+fi
+nohup target/debug/ferry-operator --server-image "$SERVER_IMAGE" --metrics-address 127.0.0.1:9464 \
+  --watch-namespace "$NS" --lease-namespace "$NS" --log-format text >"$RUN/ferry-operator.log" 2>&1 &
+echo $! > "$RUN/ferry-operator.pid"
 
-step "kubectl get modelversions,llmdeployments -n $NS"
-kubectl get mv,llmd -n "$NS"
+step "Applying manifests/quickstart.yaml (a ModelVersion and an LLMDeployment) in namespace $NS"
+kubectl apply --validate=false -n "$NS" -f manifests/quickstart.yaml
 
-step "The API server filled in the defaults: kubectl get llmd smollm2-autoscaled -o jsonpath='{.spec}'"
-kubectl get llmd smollm2-autoscaled -n "$NS" -o jsonpath='{.spec}' | python3 -m json.tool
+step "Waiting until the LLMDeployment is Available (pull, weight copy, model load, warm-up)"
+for i in $(seq 1 180); do
+  kubectl get llmd smollm2 -n "$NS" --no-headers 2>/dev/null | tr -s ' ' | sed "s/^/  [${i}s] /"
+  [ "$(kubectl get llmd smollm2 -n "$NS" -o jsonpath='{.status.phase}')" = Available ] && break
+  sleep 2
+done
+kubectl wait --for=condition=Available --timeout=10s llmd/smollm2 -n "$NS"
+kubectl get mv,llmd,deploy,svc,pods -n "$NS"
+
+POD_IP=$(kubectl get pods -n "$NS" -l serving.ferry.dev/llmdeployment=smollm2 -o jsonpath='{.items[0].status.podIP}')
+step "Asking SmolLM2 through the OpenAI API at http://$POD_IP:8000/v1"
+curl -sS "http://$POD_IP:8000/v1/chat/completions" -H 'content-type: application/json' \
+  -d '{"model": "smollm2", "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}], "max_tokens": 40, "temperature": 0}' \
+  | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  answer:", r["choices"][0]["message"]["content"].strip()); print("  usage: ", r["usage"])'
 
 step "Invalid resources are rejected with a specific message (manifests/invalid/llmd-canary-weight-100.yaml)"
 if kubectl apply --validate=false -n "$NS" -f manifests/invalid/llmd-canary-weight-100.yaml; then
@@ -43,10 +70,12 @@ fi
 
 cat <<EOM
 
-Ferry's resources are installed on a local Kubernetes, which keeps running. Talk to it with:
+Ferry serves SmolLM2 on a local Kubernetes, which keeps running. Talk to it with:
   export KUBECONFIG=$KUBECONFIG PATH=$TOOLS:\$PATH
-  kubectl get llmd -n $NS
-  kubectl explain llmd.spec.canary
+  kubectl get llmd,mv -n $NS
+  curl http://$POD_IP:8000/v1/models
+  kubectl apply --validate=false -n $NS -f manifests/examples/   # more shapes (the operator serves them too)
+The operator runs on this host (pid $(cat "$RUN/ferry-operator.pid"), log $RUN/ferry-operator.log).
 Tear it down (stops every process it started and restores the machine):
   bash e2e/cluster/down.sh $RUN
 EOM

@@ -190,7 +190,9 @@ async fn invalid_specs_are_reported_leave_workloads_running_and_recover_when_fix
     let cluster = Cluster::get();
     let ns = cluster.temp_namespace("op-invalid");
     let client = cluster.client().await;
-    let _operator = Operator::start(&ns, "op-b", &[]);
+    // With exactly the chart's RBAC: status, children, Events and the Lease all work under it.
+    let kubeconfig = common::restricted_kubeconfig(&ns);
+    let _operator = Operator::start_as(&ns, "op-b", &[], &kubeconfig);
     let llmds: Api<LLMDeployment> = Api::namespaced(client.clone(), &ns.name);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
 
@@ -402,12 +404,13 @@ async fn only_the_leader_writes_and_a_standby_takes_over_and_converges() {
     let ns = cluster.temp_namespace("op-leader");
     let client = cluster.client().await;
     let lease = ["--lease-seconds", "4"];
-    let mut first = Operator::start(&ns, "op-first", &lease);
+    let kubeconfig = common::restricted_kubeconfig(&ns);
+    let mut first = Operator::start_as(&ns, "op-first", &lease, &kubeconfig);
     wait_for("op-first leads", Duration::from_secs(20), || async {
         (first.metric("ferry_operator_leader", "").await == 1.0).then_some(())
     })
     .await;
-    let second = Operator::start(&ns, "op-second", &lease);
+    let second = Operator::start_as(&ns, "op-second", &lease, &kubeconfig);
     second.metrics_url().await;
 
     apply(&ns, &tiny_model_version("v1", "{pvc: {claimName: unused}}"));
@@ -467,4 +470,5 @@ async fn only_the_leader_writes_and_a_standby_takes_over_and_converges() {
         ])
         .ok("lease");
     assert_eq!(lease_holder, "op-second");
+    common::delete_cluster_rbac(&ns);
 }

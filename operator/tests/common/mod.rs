@@ -18,12 +18,21 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(ns: &TempNamespace, name: &str, extra: &[&str]) -> Self {
-        let cluster = Cluster::get();
+        Self::start_as(ns, name, extra, Cluster::get().kubeconfig())
+    }
+
+    /// Like [`Operator::start`], with the credentials of `kubeconfig`.
+    pub fn start_as(
+        ns: &TempNamespace,
+        name: &str,
+        extra: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("{}-{name}.log", ns.name));
         let image =
             std::env::var("FERRY_SERVER_IMAGE").expect("FERRY_SERVER_IMAGE is set by e2e/test.sh");
         let child = Command::new(env!("CARGO_BIN_EXE_ferry-operator"))
-            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .args(["--watch-namespace", &ns.name, "--lease-namespace", &ns.name])
             .args(["--identity", name, "--metrics-address", "127.0.0.1:0"])
@@ -60,7 +69,10 @@ impl Operator {
             || async {
                 let logs = self.logs();
                 let line = logs.lines().find(|l| l.contains("serving /metrics"))?;
-                let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+                let address = match line.split("address=").nth(1) {
+                    Some(rest) => rest.split_whitespace().next()?,
+                    None => line.split("\"address\":\"").nth(1)?.split('"').next()?,
+                };
                 Some(format!("http://{address}"))
             },
         )
@@ -79,6 +91,13 @@ impl Operator {
             .filter(|l| l.starts_with(name) && l.contains(filter))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Peak resident memory of the process so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     /// SIGKILL: no Lease release, no cleanup, as a crash would.
@@ -263,4 +282,115 @@ impl Drop for WeightsServer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Installs `manifests/rbac/operator.yaml` for a ServiceAccount in `ns` (the ClusterRole and its
+/// binding get per-namespace names) and returns a kubeconfig that authenticates as it: tests run
+/// the operator with exactly the permissions the chart grants.
+pub fn restricted_kubeconfig(ns: &TempNamespace) -> PathBuf {
+    let cluster = Cluster::get();
+    let rbac = std::fs::read_to_string(ferry_e2e::repo_root().join("manifests/rbac/operator.yaml"))
+        .unwrap()
+        .replace(
+            "namespace: ferry-system",
+            &format!("namespace: {}", ns.name),
+        )
+        .replace(
+            "name: ferry-operator\nrules",
+            &format!("name: ferry-operator-{}\nrules", ns.name),
+        )
+        .replace(
+            "  name: ferry-operator\nroleRef",
+            &format!("  name: ferry-operator-{}\nroleRef", ns.name),
+        )
+        .replace(
+            "kind: ClusterRole\n  name: ferry-operator\n",
+            &format!("kind: ClusterRole\n  name: ferry-operator-{}\n", ns.name),
+        );
+    apply(ns, &rbac);
+    let token = std::thread::spawn({
+        let ns = ns.name.clone();
+        move || {
+            let started = Instant::now();
+            loop {
+                let secret = cluster
+                    .kubectl([
+                        "-n",
+                        &ns,
+                        "get",
+                        "sa",
+                        "ferry-operator",
+                        "-o",
+                        "jsonpath={.secrets[0].name}",
+                    ])
+                    .stdout;
+                if !secret.is_empty() {
+                    let token = cluster
+                        .kubectl([
+                            "-n",
+                            &ns,
+                            "get",
+                            "secret",
+                            &secret,
+                            "-o",
+                            "jsonpath={.data.token}",
+                        ])
+                        .ok("token secret");
+                    let decoded = Command::new("base64")
+                        .arg("-d")
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .spawn()
+                        .and_then(|mut c| {
+                            use std::io::Write;
+                            c.stdin.take().unwrap().write_all(token.as_bytes())?;
+                            c.wait_with_output()
+                        });
+                    return String::from_utf8(decoded.unwrap().stdout).unwrap();
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "no token for the ServiceAccount"
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    let admin = std::fs::read_to_string(cluster.kubeconfig()).unwrap();
+    let ca = admin
+        .split("certificate-authority-data: ")
+        .nth(1)
+        .unwrap()
+        .split([',', '}', ' '])
+        .next()
+        .unwrap();
+    let server = admin
+        .split("server: \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let path = std::env::temp_dir().join(format!("{}-operator.kubeconfig", ns.name));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{server}\", certificate-authority-data: {ca}}}}}]\nusers: [{{name: operator, user: {{token: {token}}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: operator}}}}]\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Deletes the cluster-scoped RBAC objects [`restricted_kubeconfig`] made.
+pub fn delete_cluster_rbac(ns: &TempNamespace) {
+    let name = format!("ferry-operator-{}", ns.name);
+    Cluster::get().kubectl([
+        "delete",
+        "clusterrole,clusterrolebinding",
+        &name,
+        "--wait=false",
+    ]);
 }
