@@ -25,13 +25,40 @@ fn condition(llmd: &LLMDeployment, type_: &str) -> Option<(String, String, Strin
 }
 
 async fn available(api: &Api<LLMDeployment>, name: &str) -> LLMDeployment {
-    wait_for(&format!("{name} Available"), POD_START, || async {
-        let d = api.get(name).await.ok()?;
-        let s = d.status.as_ref()?;
-        (s.phase == Some(Phase::Available) && s.observed_generation == d.metadata.generation)
-            .then_some(d)
-    })
-    .await
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(d) = api.get(name).await
+            && let Some(s) = d.status.as_ref()
+            && s.phase == Some(Phase::Available)
+            && s.observed_generation == d.metadata.generation
+        {
+            return d;
+        }
+        if started.elapsed() > POD_START {
+            dump_pods(api, name).await;
+            panic!("{name} not Available after {POD_START:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What the pods of an LLMDeployment are doing, for a failed test's output.
+async fn dump_pods(api: &Api<LLMDeployment>, name: &str) {
+    let d = api.get(name).await.ok();
+    let ns = d.as_ref().and_then(|d| d.namespace()).unwrap_or_default();
+    eprintln!("status of {name}: {:?}", d.and_then(|d| d.status));
+    let selector = format!("serving.ferry.dev/llmdeployment={name}");
+    for args in [
+        vec!["get", "llmd,deploy,rs,pods", "-o", "wide"],
+        vec!["describe", "pods", "-l", &selector],
+        vec!["logs", "-l", &selector, "--all-containers", "--tail", "30"],
+        vec!["get", "events"],
+    ] {
+        let mut all = vec!["-n", ns.as_str()];
+        all.extend(args);
+        let out = Cluster::get().kubectl(&all);
+        eprintln!("$ kubectl {}\n{}{}", all.join(" "), out.stdout, out.stderr);
+    }
 }
 
 #[tokio::test]

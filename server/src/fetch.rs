@@ -5,13 +5,13 @@
 //! restarted init container never mistakes a partial download for weights.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -56,6 +56,9 @@ impl FetchArgs {
             .with_context(|| format!("cannot create {}", self.dest.display()))?;
         let client = reqwest::Client::builder()
             .user_agent(concat!("ferry-server/", env!("CARGO_PKG_VERSION")))
+            // A lost SYN would otherwise wait for the kernel's ~2 minute connect timeout.
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
             .build()?;
         if let Some(url) = &self.url {
             let expected = self.sha256.as_deref().unwrap_or_default();
@@ -72,7 +75,7 @@ impl FetchArgs {
                 info!(file = %target.display(), "already present with the expected sha256");
                 return Ok(());
             }
-            let got = download(&client, url, None, &target, Some(expected)).await?;
+            let got = retrying(|| download(&client, url, None, &target, Some(expected))).await?;
             info!(file = %target.display(), bytes = got, sha256 = expected, "downloaded and verified");
             return Ok(());
         }
@@ -107,11 +110,46 @@ impl FetchArgs {
             if let Some(parent) = target.parent() {
                 tokio::fs::create_dir_all(parent).await?;
             }
-            let bytes = download(&client, &url, self.hf_token.as_deref(), &target, None).await?;
+            let token = self.hf_token.as_deref();
+            let bytes = retrying(|| download(&client, &url, token, &target, None)).await?;
             info!(file = %target.display(), bytes, "downloaded");
         }
         Ok(())
     }
+}
+
+/// Runs `attempt` up to 5 times, 2, 4, 8, 16 s apart, while it fails for a reason that may pass
+/// (connection, timeout, HTTP 5xx); a wrong checksum or a 4xx fails at once.
+async fn retrying<F, Fut>(mut attempt: F) -> anyhow::Result<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let mut delay = Duration::from_secs(2);
+    for _ in 1..5 {
+        match attempt().await {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) if is_transient(&e) => {
+                warn!(
+                    error = format!("{e:#}"),
+                    retry_in_seconds = delay.as_secs(),
+                    "download failed"
+                );
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    attempt().await
+}
+
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(|r| r.is_connect() || r.is_timeout() || r.is_request() || r.is_body())
+    }) || e.to_string().contains(": HTTP 5")
 }
 
 /// The files a model directory needs, from the Hub's listing of a revision.
