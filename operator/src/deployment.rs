@@ -2,11 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_crds::{LLMDeployment, LLMDeploymentStatus, ModelVersion, Phase, condition::types};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -25,18 +23,10 @@ const CONTROLLER: &str = "llmdeployment";
 const RESYNC: Duration = Duration::from_secs(300);
 
 pub async fn reconcile(llmd: Arc<LLMDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = reconcile_inner(&llmd, &ctx).await;
-    let outcome = match &result {
-        Ok(o) => *o,
-        Err(e) => {
-            ctx.metrics.failed(CONTROLLER, e.metric_label());
-            "error"
-        }
-    };
     ctx.metrics
-        .reconciled(CONTROLLER, outcome, started.elapsed());
-    result.map(|_| Action::requeue(RESYNC))
+        .measure(CONTROLLER, reconcile_inner(&llmd, &ctx))
+        .await
+        .map(|_| Action::requeue(RESYNC))
 }
 
 async fn reconcile_inner(llmd: &LLMDeployment, ctx: &Context) -> Result<&'static str, Error> {
@@ -158,40 +148,41 @@ async fn prune(
     if stable.ready < wanted {
         return Ok(());
     }
+    let keep: Vec<String> = desired.deployments.iter().map(|d| d.name_any()).collect();
+    prune_kind(llmd, &ctx.deployments, &keep, ctx).await?;
+    let keep: Vec<String> = desired.services.iter().map(|s| s.name_any()).collect();
+    prune_kind(llmd, &ctx.services, &keep, ctx).await
+}
+
+/// Deletes the cached objects of one kind that belong to `llmd` and are not in `keep`.
+async fn prune_kind<K>(
+    llmd: &LLMDeployment,
+    cache: &kube::runtime::reflector::Store<K>,
+    keep: &[String],
+    ctx: &Context,
+) -> Result<(), Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
     let namespace = llmd.namespace().unwrap_or_default();
     let owner = label_value(&llmd.name_any());
     let uid = llmd.uid();
-    let ours =
-        |labels: &BTreeMap<String, String>,
-         owners: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
-            labels.get(LABEL_DEPLOYMENT) == Some(&owner)
-                && owners.iter().any(|o| Some(&o.uid) == uid.as_ref())
-        };
-    let keep_deployments: Vec<String> = desired.deployments.iter().map(|d| d.name_any()).collect();
-    for d in ctx.deployments.state() {
-        if d.namespace().as_deref() == Some(namespace.as_str())
-            && ours(d.labels(), d.owner_references())
-            && !keep_deployments.contains(&d.name_any())
-            && d.metadata.deletion_timestamp.is_none()
+    for object in cache.state() {
+        let ours = object.labels().get(LABEL_DEPLOYMENT) == Some(&owner)
+            && object
+                .owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref());
+        if object.namespace().as_deref() == Some(namespace.as_str())
+            && ours
+            && !keep.contains(&object.name_any())
+            && object.meta().deletion_timestamp.is_none()
         {
-            delete_child::<Deployment>(&ctx.client, &namespace, &d.name_any(), &ctx.metrics)
-                .await?;
-        }
-    }
-    let keep_services: Vec<String> = desired.services.iter().map(|s| s.name_any()).collect();
-    for s in ctx.services.state() {
-        if s.namespace().as_deref() == Some(namespace.as_str())
-            && ours(s.labels(), s.owner_references())
-            && !keep_services.contains(&s.name_any())
-            && s.metadata.deletion_timestamp.is_none()
-        {
-            delete_child::<Service>(&ctx.client, &namespace, &s.name_any(), &ctx.metrics).await?;
+            delete_child::<K>(&ctx.client, &namespace, &object.name_any(), &ctx.metrics).await?;
         }
     }
     Ok(())
-}
-
-pub fn error_policy(_llmd: Arc<LLMDeployment>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %error, "LLMDeployment reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
 }

@@ -259,19 +259,30 @@ async fn run_controllers(
     let llmds = llmds
         .watches(api::<ModelVersion>(&client, ns), all.clone(), by_version)
         .graceful_shutdown_on(shutdown_signal())
-        .run(deployment::reconcile, deployment::error_policy, ctx.clone())
+        .run(deployment::reconcile, retry_after_error, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
     let mvs = Controller::new(api::<ModelVersion>(&client, ns), all)
         .with_config(config)
         .watches(api::<Pod>(&client, ns), ours, model_version::pod_to_version)
         .graceful_shutdown_on(shutdown_signal())
-        .run(model_version::reconcile, model_version::error_policy, ctx)
+        .run(model_version::reconcile, retry_after_error, ctx)
         .for_each(|_| futures::future::ready(()));
 
     futures::join!(llmds, mvs);
     info!("controllers stopped");
     Ok(())
+}
+
+/// Error policy of both controllers: invalid specs are not errors (they are reported in status),
+/// so what fails here is transient (API, connection) and is retried.
+fn retry_after_error<K: kube::Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &error::Error,
+    _ctx: Arc<Context>,
+) -> kube::runtime::controller::Action {
+    tracing::warn!(kind = %K::kind(&()), name = %object.name_any(), error = %error, "reconcile failed; retrying");
+    kube::runtime::controller::Action::requeue(Duration::from_secs(5))
 }
 
 async fn shutdown_signal() {

@@ -77,7 +77,26 @@ impl Metrics {
         }
     }
 
-    pub fn reconciled(&self, controller: &str, outcome: &str, took: Duration) {
+    /// Runs one reconcile and records its outcome, duration and (on failure) error category.
+    pub async fn measure(
+        &self,
+        controller: &str,
+        reconcile: impl std::future::Future<Output = Result<&'static str, crate::error::Error>>,
+    ) -> Result<&'static str, crate::error::Error> {
+        let started = std::time::Instant::now();
+        let result = reconcile.await;
+        let outcome = match &result {
+            Ok(outcome) => *outcome,
+            Err(e) => {
+                self.failed(controller, e.metric_label());
+                "error"
+            }
+        };
+        self.reconciled(controller, outcome, started.elapsed());
+        result
+    }
+
+    fn reconciled(&self, controller: &str, outcome: &str, took: Duration) {
         self.reconciles
             .with_label_values(&[controller, outcome])
             .inc();
@@ -86,7 +105,7 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn failed(&self, controller: &str, category: &str) {
+    fn failed(&self, controller: &str, category: &str) {
         self.errors.with_label_values(&[controller, category]).inc();
     }
 

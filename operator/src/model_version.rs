@@ -2,7 +2,7 @@
 //! servers without CEL), and measures cold starts from the version's pods.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_crds::{ModelVersion, condition::types};
 use k8s_openapi::api::core::v1::Pod;
@@ -23,18 +23,10 @@ const CONTROLLER: &str = "modelversion";
 pub const VERSION_ANNOTATION: &str = "serving.ferry.dev/model-version";
 
 pub async fn reconcile(mv: Arc<ModelVersion>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = reconcile_inner(&mv, &ctx).await;
-    let outcome = match &result {
-        Ok(o) => *o,
-        Err(e) => {
-            ctx.metrics.failed(CONTROLLER, e.metric_label());
-            "error"
-        }
-    };
     ctx.metrics
-        .reconciled(CONTROLLER, outcome, started.elapsed());
-    result.map(|_| Action::requeue(Duration::from_secs(300)))
+        .measure(CONTROLLER, reconcile_inner(&mv, &ctx))
+        .await
+        .map(|_| Action::requeue(Duration::from_secs(300)))
 }
 
 async fn reconcile_inner(mv: &ModelVersion, ctx: &Context) -> Result<&'static str, Error> {
@@ -107,9 +99,4 @@ fn ready_since(pod: &Pod) -> Option<Time> {
 pub fn pod_to_version(pod: Pod) -> Option<ObjectRef<ModelVersion>> {
     let name = pod.annotations().get(VERSION_ANNOTATION)?;
     Some(ObjectRef::new(name).within(&pod.namespace()?))
-}
-
-pub fn error_policy(_mv: Arc<ModelVersion>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %error, "ModelVersion reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
 }

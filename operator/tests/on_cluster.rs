@@ -147,19 +147,22 @@ async fn llmdeployment_becomes_available_with_real_pods_and_a_second_reconcile_w
     let reconciles_before = operator
         .metric("ferry_operator_reconciles_total", "llmdeployment")
         .await;
-    let versions_before = (
-        deployments
-            .get("chat-tiny-v1")
-            .await
-            .unwrap()
-            .resource_version(),
-        services.get("chat").await.unwrap().resource_version(),
-        services
-            .get("chat-tiny-v1")
-            .await
-            .unwrap()
-            .resource_version(),
-    );
+    let children_versions = || async {
+        (
+            deployments
+                .get("chat-tiny-v1")
+                .await
+                .unwrap()
+                .resource_version(),
+            services.get("chat").await.unwrap().resource_version(),
+            services
+                .get("chat-tiny-v1")
+                .await
+                .unwrap()
+                .resource_version(),
+        )
+    };
+    let versions_before = children_versions().await;
     let status_before = llmds.get("chat").await.unwrap().status;
     ns.kubectl(["annotate", "llmd", "chat", "example.com/touched=yes"])
         .ok("annotate");
@@ -180,19 +183,7 @@ async fn llmdeployment_becomes_available_with_real_pods_and_a_second_reconcile_w
         operator.metric("ferry_operator_api_writes_total", "").await,
         writes_before
     );
-    let versions_after = (
-        deployments
-            .get("chat-tiny-v1")
-            .await
-            .unwrap()
-            .resource_version(),
-        services.get("chat").await.unwrap().resource_version(),
-        services
-            .get("chat-tiny-v1")
-            .await
-            .unwrap()
-            .resource_version(),
-    );
+    let versions_after = children_versions().await;
     assert_eq!(versions_after, versions_before);
     assert_eq!(llmds.get("chat").await.unwrap().status, status_before);
 

@@ -348,18 +348,20 @@ mod tests {
         }
         drop(tx);
         let got = collect(events).await;
-        let text: String = got
-            .iter()
-            .filter_map(|e| {
-                if let Event::Delta { text, .. } = e {
-                    Some(text.as_str())
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let text = delta_text(&got);
         assert_eq!(text, "Hello ");
         assert!(matches!(got.last(), Some(Event::Finish { reason, .. }) if reason == "stop"));
+    }
+
+    /// The text of every delta, in order.
+    fn delta_text(events: &[Event]) -> String {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Delta { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -371,16 +373,7 @@ mod tests {
         }
         tx.send(chunk("!", Some("length"))).await.unwrap();
         let got = collect(events).await;
-        let text: String = got
-            .iter()
-            .filter_map(|e| {
-                if let Event::Delta { text, .. } = e {
-                    Some(text.as_str())
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let text = delta_text(&got);
         assert_eq!(text, "a ENb!");
         assert!(matches!(got.last(), Some(Event::Finish { reason, .. }) if reason == "length"));
     }

@@ -229,15 +229,7 @@ async fn json_schema_output_is_valid_and_ends_by_itself() {
 async fn an_unread_stream_does_not_stall_other_requests() {
     let s = tiny(&["--max-num-seqs", "4"]).await;
     // Open a long stream and never read its body.
-    let stalled = s
-        .post(
-            "/v1/chat/completions",
-            chat_body(
-                "a",
-                json!({"stream": true, "max_tokens": 400, "ignore_eos": true}),
-            ),
-        )
-        .await;
+    let stalled = s.long_stream(400).await;
     assert_eq!(stalled.status(), 200);
     let other = tokio::time::timeout(
         Duration::from_secs(20),
@@ -255,15 +247,7 @@ async fn an_unread_stream_does_not_stall_other_requests() {
 #[tokio::test]
 async fn client_disconnect_cancels_the_generation() {
     let s = tiny(&["--max-num-seqs", "1"]).await;
-    let mut r = s
-        .post(
-            "/v1/chat/completions",
-            chat_body(
-                "a",
-                json!({"stream": true, "max_tokens": 450, "ignore_eos": true}),
-            ),
-        )
-        .await;
+    let mut r = s.long_stream(450).await;
     assert!(r.chunk().await.unwrap().is_some());
     drop(r);
     for _ in 0..100 {
@@ -547,15 +531,7 @@ async fn overload_gets_429_with_retry_after_and_everything_else_completes() {
 #[tokio::test]
 async fn shutdown_stops_admitting_and_drains_in_flight_streams() {
     let mut s = tiny(&["--drain-seconds", "30"]).await;
-    let stream = s
-        .post(
-            "/v1/chat/completions",
-            chat_body(
-                "a",
-                json!({"stream": true, "max_tokens": 300, "ignore_eos": true}),
-            ),
-        )
-        .await;
+    let stream = s.long_stream(300).await;
     assert_eq!(stream.status(), 200);
     s.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;

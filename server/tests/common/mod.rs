@@ -128,6 +128,13 @@ impl Server {
             .unwrap()
     }
 
+    /// Opens a chat stream of exactly `tokens` tokens (`ignore_eos`); the body is left unread.
+    pub async fn long_stream(&self, tokens: u32) -> reqwest::Response {
+        let extra = serde_json::json!({"stream": true, "max_tokens": tokens, "ignore_eos": true});
+        self.post("/v1/chat/completions", chat_body("a", extra))
+            .await
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(self.url("/metrics"))
