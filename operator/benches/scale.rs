@@ -1,9 +1,9 @@
 //! 1,000 LLMDeployments (CPU, `replicas: 0`) created at once against the real local cluster: time
 //! until every one has a current `observedGeneration` and its Deployment exists, the operator's
-//! peak RSS, and API writes per object. Needs the cluster of `e2e/test.sh`:
-//!   FERRY_KUBE_RUN=/tmp/ferry-kube bash e2e/cluster/up.sh /tmp/ferry-kube   (if not running)
-//!   FERRY_KUBECONFIG=/tmp/ferry-kube/kubeconfig FERRY_KUBECTL=~/.cache/ferry/kube/tools/kubectl \
-//!     cargo bench -p ferry-operator --bench scale [-- COUNT]
+//! peak RSS, and API writes per object. Needs a running local cluster (e.g. left by `e2e/demo.sh`;
+//! the server image is named but never started, since no pod is wanted):
+//!   FERRY_KUBECONFIG=/tmp/ferry-kube/kubeconfig FERRY_KUBECTL=$HOME/.cache/ferry/kube/tools/kubectl \
+//!   FERRY_SERVER_IMAGE=localhost/ferry/server:dev cargo bench -p ferry-operator --bench scale [-- COUNT]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
