@@ -30,6 +30,7 @@ pub async fn reconcile(llmd: Arc<LLMDeployment>, ctx: Arc<Context>) -> Result<Ac
 }
 
 async fn reconcile_inner(llmd: &LLMDeployment, ctx: &Context) -> Result<&'static str, Error> {
+    ctx.caches_ready().await;
     if llmd.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the children.
         return Ok("deleting");

@@ -184,8 +184,17 @@ where
     }
 }
 
-/// A cache of one kind, kept current by a background watch.
-async fn cache<K>(api: Api<K>, config: watcher::Config) -> anyhow::Result<Store<K>>
+/// A cache of one kind and the watch stream that fills it. The stream updates the cache before it
+/// yields an object, so a reconcile it triggers always reads at least that object's state (two
+/// separate watches, one to trigger and one to cache, would race). The controller that polls the
+/// stream keeps the cache current; reconciles wait for [`Context::caches_ready`].
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -196,10 +205,34 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
-    tokio::spawn(stream.for_each(|_| futures::future::ready(())));
-    store.wait_until_ready().await?;
-    Ok(store)
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
+impl Context {
+    /// Waits until every cache holds its initial listing.
+    pub async fn caches_ready(&self) {
+        if tokio::time::timeout(Duration::from_secs(10), self.caches_filled())
+            .await
+            .is_err()
+        {
+            // Usually missing list/watch permissions; the watch errors are logged too.
+            tracing::warn!("caches not filled after 10 s; waiting (check the operator's RBAC)");
+            self.caches_filled().await;
+        }
+    }
+
+    async fn caches_filled(&self) {
+        let _ = futures::join!(
+            self.model_versions.wait_until_ready(),
+            self.deployments.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.pods.wait_until_ready(),
+        );
+    }
 }
 
 async fn run_controllers(
@@ -211,6 +244,10 @@ async fn run_controllers(
     let ns = args.watch_namespace.as_deref();
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
     let all = watcher::Config::default();
+    let (model_versions, mv_stream) = reflected(api::<ModelVersion>(&client, ns), all.clone());
+    let (deployments, deployment_stream) = reflected(api::<Deployment>(&client, ns), ours.clone());
+    let (services, service_stream) = reflected(api::<Service>(&client, ns), ours.clone());
+    let (pods, pod_stream) = reflected(api::<Pod>(&client, ns), ours);
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -223,10 +260,10 @@ async fn run_controllers(
             },
             router_endpoint: args.router_endpoint.clone(),
         },
-        model_versions: cache(api::<ModelVersion>(&client, ns), all.clone()).await?,
-        deployments: cache(api::<Deployment>(&client, ns), ours.clone()).await?,
-        services: cache(api::<Service>(&client, ns), ours.clone()).await?,
-        pods: cache(api::<Pod>(&client, ns), ours.clone()).await?,
+        model_versions,
+        deployments,
+        services,
+        pods,
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -236,13 +273,12 @@ async fn run_controllers(
         ),
         metrics,
     });
-    info!("caches synced; reconciling");
     let config = kube::runtime::controller::Config::default().concurrency(args.concurrency);
 
     let llmds = Controller::new(api::<LLMDeployment>(&client, ns), all.clone())
         .with_config(config.clone())
-        .owns(api::<Deployment>(&client, ns), ours.clone())
-        .owns(api::<Service>(&client, ns), ours.clone());
+        .owns_stream(deployment_stream)
+        .owns_stream(service_stream);
     let llmd_store = llmds.store();
     let by_version = move |mv: ModelVersion| {
         let name = mv.name_any();
@@ -257,21 +293,36 @@ async fn run_controllers(
             .collect::<Vec<_>>()
     };
     let llmds = llmds
-        .watches(api::<ModelVersion>(&client, ns), all.clone(), by_version)
+        .watches_stream(mv_stream, by_version)
         .graceful_shutdown_on(shutdown_signal())
         .run(deployment::reconcile, retry_after_error, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each(log_controller_error);
 
     let mvs = Controller::new(api::<ModelVersion>(&client, ns), all)
         .with_config(config)
-        .watches(api::<Pod>(&client, ns), ours, model_version::pod_to_version)
+        .watches_stream(pod_stream, model_version::pod_to_version)
         .graceful_shutdown_on(shutdown_signal())
         .run(model_version::reconcile, retry_after_error, ctx)
-        .for_each(|_| futures::future::ready(()));
+        .for_each(log_controller_error);
 
+    info!("reconciling");
     futures::join!(llmds, mvs);
     info!("controllers stopped");
     Ok(())
+}
+
+/// Watch and queue errors of a controller (reconcile errors are handled by the error policy).
+fn log_controller_error<K: kube::Resource, E: std::error::Error>(
+    result: Result<
+        (ObjectRef<K>, kube::runtime::controller::Action),
+        kube::runtime::controller::Error<E, watcher::Error>,
+    >,
+) -> futures::future::Ready<()> {
+    match result {
+        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "controller watch error"),
+    }
+    futures::future::ready(())
 }
 
 /// Error policy of both controllers: invalid specs are not errors (they are reported in status),

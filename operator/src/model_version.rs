@@ -30,6 +30,7 @@ pub async fn reconcile(mv: Arc<ModelVersion>, ctx: Arc<Context>) -> Result<Actio
 }
 
 async fn reconcile_inner(mv: &ModelVersion, ctx: &Context) -> Result<&'static str, Error> {
+    ctx.caches_ready().await;
     if mv.metadata.deletion_timestamp.is_some() {
         return Ok("deleting");
     }
