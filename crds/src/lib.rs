@@ -13,6 +13,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod condition;
+pub mod labels;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray,

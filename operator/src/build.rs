@@ -19,11 +19,10 @@ use kube::{Resource, ResourceExt};
 use crate::conditions::Wanted;
 use crate::pod::{SERVER_PORT, ServerSettings, server_pod_spec};
 
-pub const LABEL_DEPLOYMENT: &str = "serving.ferry.dev/llmdeployment";
-pub const LABEL_VERSION: &str = "serving.ferry.dev/version";
-pub const LABEL_MODEL: &str = "serving.ferry.dev/model";
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const MANAGER: &str = "ferry-operator";
+pub use ferry_crds::labels::{
+    LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_MODEL, LABEL_VERSION, MANAGER, dns_label, fnv1a,
+    label_value,
+};
 /// Annotation holding a hash of what the operator last applied to an object: equal hash, no write.
 pub const APPLIED_HASH: &str = "serving.ferry.dev/applied-hash";
 
@@ -339,38 +338,6 @@ pub fn child_name(llmd: &str, version: &str) -> String {
     dns_label(&format!("{llmd}-{version}"))
 }
 
-/// `s` as an RFC 1035 label (Service names): lower-case alphanumerics and dashes, starting with a
-/// letter, at most 63 characters.
-pub fn dns_label(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if !out.starts_with(|c: char| c.is_ascii_lowercase()) {
-        out.insert(0, 'x');
-    }
-    shorten(out.trim_end_matches('-').to_string(), s)
-}
-
-/// `s` as a label value: names longer than 63 characters are cut and end in a hash.
-pub fn label_value(s: &str) -> String {
-    shorten(s.to_string(), s)
-}
-
-fn shorten(out: String, original: &str) -> String {
-    if out.len() <= 63 {
-        return out;
-    }
-    let hash = format!("{:016x}", fnv1a(original.as_bytes()));
-    format!("{}-{}", out[..46].trim_end_matches(['-', '.']), &hash[..16])
-}
-
 /// Adds the [`APPLIED_HASH`] annotation: a hash of the object as built.
 fn with_hash<K: Resource + serde::Serialize>(mut object: K) -> K {
     let hash = format!(
@@ -383,11 +350,4 @@ fn with_hash<K: Resource + serde::Serialize>(mut object: K) -> K {
         .get_or_insert_with(BTreeMap::new)
         .insert(APPLIED_HASH.into(), hash);
     object
-}
-
-/// 64-bit FNV-1a: stable across Rust versions and processes (unlike `DefaultHasher`).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    })
 }

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Port `ferry-server` listens on in every pod.
-pub const SERVER_PORT: i32 = 8000;
+pub use ferry_crds::labels::SERVER_PORT;
 /// Where the weights are mounted (or copied) in the server container.
 const MODELS_DIR: &str = "/models";
 
@@ -91,7 +91,7 @@ pub fn server_pod_spec(
         args: Some(args),
         env: Some(env),
         ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
+            name: Some(ferry_crds::labels::SERVER_PORT_NAME.into()),
             container_port: SERVER_PORT,
             protocol: Some("TCP".into()),
             ..Default::default()
