@@ -1,1 +1,247 @@
-//! The in-cluster OpenAI endpoint: routes by model, splits traffic between versions, picks the least-loaded pod.
+//! The in-cluster OpenAI endpoint: routes by model, splits traffic between versions (weighted for
+//! canaries, sticky for A/B experiments), picks the least-loaded pod, and records per-version
+//! latency, errors and tokens for the operator's canary analysis.
+
+pub mod access;
+pub mod discovery;
+pub mod error;
+pub mod http;
+pub mod idempotency;
+pub mod proxy;
+pub mod stats;
+pub mod table;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use clap::{Parser, ValueEnum};
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::access::{Access, Limits};
+use crate::http::{App, Settings};
+use crate::idempotency::IdempotencyCache;
+use crate::proxy::UpstreamClient;
+use crate::table::Table;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ferry-router", version, about)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "FERRY_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "FERRY_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Only route to LLMDeployments in this namespace (default: all namespaces).
+    #[arg(long, env = "FERRY_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds a request waits for a ready pod (cold start, scale from zero) before 503.
+    #[arg(long, env = "FERRY_HOLD_SECONDS", default_value_t = 30)]
+    pub hold_seconds: u64,
+    /// Other pods of the same version tried when a pod fails before answering.
+    #[arg(long, env = "FERRY_RETRIES", default_value_t = 2)]
+    pub retries: usize,
+    /// Seconds a pod that refused a connection is skipped.
+    #[arg(long, env = "FERRY_EJECT_SECONDS", default_value_t = 5)]
+    pub eject_seconds: u64,
+    /// Milliseconds allowed to open a connection to a pod.
+    #[arg(long, env = "FERRY_CONNECT_TIMEOUT_MS", default_value_t = 2000)]
+    pub connect_timeout_ms: u64,
+    /// How often each pod's `ferry_queue_depth` is read, in milliseconds (0: never).
+    #[arg(long, env = "FERRY_SCRAPE_INTERVAL_MS", default_value_t = 1000)]
+    pub scrape_interval_ms: u64,
+    /// Secret whose data entries are the accepted API keys (entry name = key id). Without it the
+    /// router accepts every request.
+    #[arg(long, env = "FERRY_API_KEYS_SECRET")]
+    pub api_keys_secret: Option<String>,
+    /// Namespace of the API key Secret.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub api_keys_namespace: String,
+    /// Requests per second allowed per API key (0: no limit).
+    #[arg(long, env = "FERRY_KEY_REQUESTS_PER_SECOND", default_value_t = 0.0)]
+    pub key_requests_per_second: f64,
+    /// Prompt + completion tokens per minute allowed per API key (0: no limit).
+    #[arg(long, env = "FERRY_KEY_TOKENS_PER_MINUTE", default_value_t = 0.0)]
+    pub key_tokens_per_minute: f64,
+    /// Seconds a response is kept for repeats with the same `Idempotency-Key`.
+    #[arg(long, env = "FERRY_IDEMPOTENCY_TTL_SECONDS", default_value_t = 600)]
+    pub idempotency_ttl_seconds: u64,
+    /// Most responses kept for `Idempotency-Key` repeats (oldest dropped first).
+    #[arg(long, env = "FERRY_IDEMPOTENCY_CAPACITY", default_value_t = 10_000)]
+    pub idempotency_capacity: usize,
+    /// Threads serving requests, each with its own event loop (default: one per CPU).
+    #[arg(long, env = "FERRY_THREADS")]
+    pub threads: Option<usize>,
+    /// Log format.
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl Args {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            max_body_bytes: self.max_body_bytes,
+            hold: Duration::from_secs(self.hold_seconds),
+            retries: self.retries,
+            eject: Duration::from_secs(self.eject_seconds),
+            threads: self
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            requests_per_second: self.key_requests_per_second,
+            tokens_per_minute: self.key_tokens_per_minute,
+        }
+    }
+
+    /// The request path's shared state, reading routes from `table`.
+    pub fn app(&self, table: watch::Receiver<Arc<Table>>) -> anyhow::Result<Arc<App>> {
+        let access = Arc::new(Access::new(None, self.limits()));
+        Ok(Arc::new(App::new(
+            self.settings(),
+            table,
+            UpstreamClient::new(Duration::from_millis(self.connect_timeout_ms)),
+            access,
+            IdempotencyCache::new(
+                Duration::from_secs(self.idempotency_ttl_seconds),
+                self.idempotency_capacity,
+            ),
+            Registry::new(),
+        )?))
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Connects to the cluster, starts discovery (and the API key watch), and serves until SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let client = kube::Client::try_default().await?;
+    let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
+    info!(address = %listener.local_addr()?, "ferry-router listening");
+    serve_cluster(args, client, listener, shutdown_signal()).await
+}
+
+/// Serves on `listener` with routes discovered through `client`, until `shutdown` resolves.
+pub async fn serve_cluster(
+    args: Args,
+    client: kube::Client,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
+    let app = args.app(table_rx.clone())?;
+    if let Some(secret) = &args.api_keys_secret {
+        // Fail closed until the Secret is read.
+        app.access.set_keys(Default::default());
+        tokio::spawn(access::watch_secret(
+            client.clone(),
+            args.api_keys_namespace.clone(),
+            secret.clone(),
+            app.access.clone(),
+        ));
+    }
+    let discovery = tokio::spawn(discovery::run(
+        client,
+        args.watch_namespace.clone(),
+        table_tx,
+    ));
+    if args.scrape_interval_ms > 0 {
+        tokio::spawn(discovery::scrape_queue_depths(
+            table_rx,
+            app.client.clone(),
+            Duration::from_millis(args.scrape_interval_ms),
+        ));
+    }
+    let served = serve(app, listener, shutdown).await;
+    discovery.abort();
+    served
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish.
+///
+/// Thread per core: `threads` OS threads, each with a single-threaded runtime accepting from the
+/// same socket, so a request, its connection to the pod and the pod's answer are handled on one
+/// thread without cross-thread wake-ups (the way nginx's workers run).
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = listener.into_std()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    for i in 0..app.settings.threads.max(1) {
+        let listener = listener.try_clone()?;
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        let worker = std::thread::Builder::new()
+            .name(format!("ferry-router-{i}"))
+            .spawn(move || -> anyhow::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    // No Nagle delay between the small writes of an SSE stream.
+                    let listener = TcpListener::from_std(listener)?.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    axum::serve(listener, http::router(app))
+                        .with_graceful_shutdown(async move {
+                            // Stop when told, or when the caller is gone.
+                            let _ = stop.wait_for(|stop| *stop).await;
+                        })
+                        .await?;
+                    Ok(())
+                })
+            })?;
+        workers.push(worker);
+    }
+    shutdown.await;
+    stop_tx.send_replace(true);
+    tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a router thread panicked"))??;
+        }
+        Ok(())
+    })
+    .await?
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

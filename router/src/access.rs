@@ -1,0 +1,351 @@
+//! Who may call the router and how much: API keys from a Kubernetes Secret (kept in memory only as
+//! SHA-256 digests, compared in constant time) and per-key token buckets for requests per second
+//! and tokens per minute.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+use crate::error::RouterError;
+
+/// The keys of one Secret: each data entry is one key, its name the key's id (used in logs, limits
+/// and API-key stickiness; the key itself is never kept).
+#[derive(Debug, Default, Clone)]
+pub struct Keys {
+    entries: Vec<(String, [u8; 32])>,
+}
+
+impl Keys {
+    pub fn from_secret(data: &BTreeMap<String, Vec<u8>>) -> Self {
+        let entries = data
+            .iter()
+            .filter_map(|(id, value)| {
+                let key = std::str::from_utf8(value).ok()?.trim();
+                (!key.is_empty()).then(|| (id.clone(), digest(key)))
+            })
+            .collect();
+        Self { entries }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The id of the key, comparing against every stored digest in constant time (no early exit).
+    pub fn identify(&self, presented: &str) -> Option<&str> {
+        let wanted = digest(presented);
+        let mut found = None;
+        for (id, stored) in &self.entries {
+            if bool::from(stored.ct_eq(&wanted)) {
+                found = Some(id.as_str());
+            }
+        }
+        found
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A token bucket that may go negative: tokens are charged after a response (its usage is known
+/// only then), and a key in debt waits until the bucket refills above zero.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    capacity: f64,
+    per_second: f64,
+    level: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    pub fn new(capacity: f64, per_second: f64, now: Instant) -> Self {
+        Self {
+            capacity,
+            per_second,
+            level: capacity,
+            updated: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.level = (self.level + elapsed * self.per_second).min(self.capacity);
+        self.updated = now;
+    }
+
+    /// Takes `n` if the bucket holds at least that many; otherwise the seconds until it will.
+    pub fn take(&mut self, n: f64, now: Instant) -> Result<(), u64> {
+        self.refill(now);
+        if self.level >= n {
+            self.level -= n;
+            Ok(())
+        } else {
+            Err(((n - self.level) / self.per_second).ceil().max(1.0) as u64)
+        }
+    }
+
+    /// Whether anything is left (for charges made later); otherwise the seconds until there is.
+    pub fn positive(&mut self, now: Instant) -> Result<(), u64> {
+        self.refill(now);
+        if self.level > 0.0 {
+            Ok(())
+        } else {
+            Err(((-self.level) / self.per_second).ceil().max(1.0) as u64)
+        }
+    }
+
+    pub fn charge(&mut self, n: f64, now: Instant) {
+        self.refill(now);
+        self.level -= n;
+    }
+}
+
+/// Per-key limits; 0 turns a limit off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub requests_per_second: f64,
+    pub tokens_per_minute: f64,
+}
+
+struct KeyBuckets {
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+}
+
+/// The keys in force and each key's buckets.
+pub struct Access {
+    /// `None`: no Secret configured, the router is open.
+    keys: RwLock<Option<Arc<Keys>>>,
+    limits: Limits,
+    buckets: Mutex<HashMap<String, KeyBuckets>>,
+}
+
+impl Access {
+    pub fn new(keys: Option<Keys>, limits: Limits) -> Self {
+        Self {
+            keys: RwLock::new(keys.map(Arc::new)),
+            limits,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn set_keys(&self, keys: Keys) {
+        *self.keys.write().unwrap() = Some(Arc::new(keys));
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.keys.read().unwrap().is_some()
+    }
+
+    /// The caller's key id from `Authorization: Bearer <key>`; `Ok(None)` when keys are off.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Option<String>, RouterError> {
+        let Some(keys) = self.keys.read().unwrap().clone() else {
+            return Ok(None);
+        };
+        let presented = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(RouterError::Unauthorized)?;
+        keys.identify(presented)
+            .map(|id| Some(id.to_string()))
+            .ok_or(RouterError::Unauthorized)
+    }
+
+    /// Admits one request of `key`, or says how long to wait.
+    pub fn admit(&self, key: &str) -> Result<(), RouterError> {
+        let now = Instant::now();
+        let mut all = self.buckets.lock().unwrap();
+        let b = all
+            .entry(key.to_string())
+            .or_insert_with(|| self.new_buckets(now));
+        if let Some(tokens) = &mut b.tokens
+            && let Err(retry_after) = tokens.positive(now)
+        {
+            return Err(RouterError::RateLimited {
+                limit: format!("{} tokens per minute", self.limits.tokens_per_minute),
+                retry_after,
+            });
+        }
+        if let Some(requests) = &mut b.requests
+            && let Err(retry_after) = requests.take(1.0, now)
+        {
+            return Err(RouterError::RateLimited {
+                limit: format!("{} requests per second", self.limits.requests_per_second),
+                retry_after,
+            });
+        }
+        Ok(())
+    }
+
+    /// Charges the tokens a response used.
+    pub fn charge_tokens(&self, key: &str, tokens: u64) {
+        if tokens == 0 || self.limits.tokens_per_minute <= 0.0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut all = self.buckets.lock().unwrap();
+        let b = all
+            .entry(key.to_string())
+            .or_insert_with(|| self.new_buckets(now));
+        if let Some(bucket) = &mut b.tokens {
+            bucket.charge(tokens as f64, now);
+        }
+    }
+
+    fn new_buckets(&self, now: Instant) -> KeyBuckets {
+        let Limits {
+            requests_per_second: rps,
+            tokens_per_minute: tpm,
+        } = self.limits;
+        KeyBuckets {
+            requests: (rps > 0.0).then(|| Bucket::new(rps.max(1.0), rps, now)),
+            tokens: (tpm > 0.0).then(|| Bucket::new(tpm, tpm / 60.0, now)),
+        }
+    }
+}
+
+/// Keeps `access` in step with the Secret `name` in `namespace`: a changed key works within a
+/// second; a deleted Secret locks everyone out (fail closed) until it is back.
+pub async fn watch_secret(client: Client, namespace: String, name: String, access: Arc<Access>) {
+    let api: Api<Secret> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut current: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    while let Some(event) = stream.next().await {
+        let update = match event {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                current = secret_data(&s);
+                true
+            }
+            Ok(watcher::Event::Delete(_)) => {
+                current.clear();
+                true
+            }
+            Ok(watcher::Event::Init) => {
+                current.clear();
+                false
+            }
+            Ok(watcher::Event::InitDone) => true,
+            Err(e) => {
+                warn!(error = %e, "watching the API key Secret failed; retrying");
+                false
+            }
+        };
+        if update {
+            let keys = Keys::from_secret(&current);
+            if keys.is_empty() {
+                warn!(secret = %name, "the API key Secret is missing or empty: every request gets 401");
+            } else {
+                info!(secret = %name, keys = keys.len(), "API keys loaded");
+            }
+            access.set_keys(keys);
+        }
+    }
+}
+
+fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    for (k, v) in secret.string_data.iter().flatten() {
+        data.insert(k.clone(), v.clone().into_bytes());
+    }
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::from_secret(&BTreeMap::from([
+            ("team-a".to_string(), b"sk-aaa\n".to_vec()),
+            ("team-b".to_string(), b"sk-bbb".to_vec()),
+            ("blank".to_string(), b"  ".to_vec()),
+        ]))
+    }
+
+    #[test]
+    fn keys_are_identified_by_their_id() {
+        let k = keys();
+        assert_eq!(k.len(), 2);
+        assert_eq!(k.identify("sk-aaa"), Some("team-a"));
+        assert_eq!(k.identify("sk-bbb"), Some("team-b"));
+        assert_eq!(k.identify("sk-aa"), None);
+        assert_eq!(k.identify(""), None);
+    }
+
+    #[test]
+    fn requests_need_a_known_bearer_key_once_keys_are_set() {
+        let open = Access::new(None, Limits::default());
+        assert_eq!(open.authenticate(None).unwrap(), None);
+        let closed = Access::new(Some(keys()), Limits::default());
+        assert!(closed.authenticate(None).is_err());
+        assert!(closed.authenticate(Some("sk-aaa")).is_err());
+        assert!(closed.authenticate(Some("Bearer sk-zzz")).is_err());
+        assert_eq!(
+            closed
+                .authenticate(Some("Bearer sk-bbb"))
+                .unwrap()
+                .as_deref(),
+            Some("team-b")
+        );
+    }
+
+    #[test]
+    fn a_bucket_refills_at_its_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(2.0, 2.0, t0);
+        assert!(b.take(1.0, t0).is_ok());
+        assert!(b.take(1.0, t0).is_ok());
+        assert_eq!(b.take(1.0, t0), Err(1));
+        assert!(b.take(1.0, t0 + Duration::from_millis(500)).is_ok());
+    }
+
+    #[test]
+    fn tokens_charged_after_the_fact_block_until_repaid() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(600.0, 10.0, t0);
+        b.charge(900.0, t0);
+        // 300 in debt at 10/s: 30 s.
+        assert_eq!(b.positive(t0), Err(30));
+        assert!(b.positive(t0 + Duration::from_secs(31)).is_ok());
+    }
+
+    #[test]
+    fn each_key_has_its_own_request_rate() {
+        let access = Access::new(
+            Some(keys()),
+            Limits {
+                requests_per_second: 2.0,
+                tokens_per_minute: 0.0,
+            },
+        );
+        assert!(access.admit("team-a").is_ok());
+        assert!(access.admit("team-a").is_ok());
+        let err = access.admit("team-a").unwrap_err();
+        assert!(
+            matches!(err, RouterError::RateLimited { retry_after: 1, .. }),
+            "{err:?}"
+        );
+        assert!(access.admit("team-b").is_ok());
+    }
+}

@@ -1,0 +1,555 @@
+//! The HTTP face of the router: the OpenAI endpoints clients call, and `/health`, `/ready`,
+//! `/metrics`, `/internal/stats`.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use prometheus::{Encoder, IntCounterVec, Registry, TextEncoder};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::access::Access;
+use crate::error::RouterError;
+use crate::idempotency::{Begin, IdempotencyCache, Stored};
+use crate::proxy::{
+    ObservedStream, UpstreamClient, add_route_headers, response_headers, stream_response, usage_of,
+};
+use crate::stats::{Outcome, SeriesKey, Stats, parse_window};
+use crate::table::{Backend, Sticky, Table, choose_backend, choose_endpoint, sticky_point};
+
+/// Knobs of the request path.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub max_body_bytes: usize,
+    /// How long a request waits for a ready pod (cold start, scale from zero).
+    pub hold: Duration,
+    /// Further pods tried after a failed connection, within one version.
+    pub retries: usize,
+    /// How long a pod that refused a connection is skipped.
+    pub eject: Duration,
+    /// Threads serving requests.
+    pub threads: usize,
+}
+
+/// Everything a request needs.
+pub struct App {
+    pub settings: Settings,
+    pub table: watch::Receiver<Arc<Table>>,
+    pub client: UpstreamClient,
+    pub stats: Stats,
+    pub access: Arc<Access>,
+    pub idempotency: Arc<IdempotencyCache>,
+    pub registry: Registry,
+    rejected: IntCounterVec,
+    retried: IntCounterVec,
+}
+
+impl App {
+    pub fn new(
+        settings: Settings,
+        table: watch::Receiver<Arc<Table>>,
+        client: UpstreamClient,
+        access: Arc<Access>,
+        idempotency: Arc<IdempotencyCache>,
+        registry: Registry,
+    ) -> prometheus::Result<Self> {
+        let rejected = IntCounterVec::new(
+            prometheus::Opts::new(
+                "ferry_router_rejected_total",
+                "Requests the router answered itself without reaching a version, by error code.",
+            ),
+            &["code"],
+        )?;
+        let retried = IntCounterVec::new(
+            prometheus::Opts::new(
+                "ferry_router_retries_total",
+                "Requests sent to another pod after one failed before answering.",
+            ),
+            &["model", "version"],
+        )?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(retried.clone()))?;
+        Ok(Self {
+            settings,
+            table,
+            client,
+            stats: Stats::new(&registry)?,
+            access,
+            idempotency,
+            registry,
+            rejected,
+            retried,
+        })
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(generate))
+        .route("/v1/completions", post(generate))
+        .route("/v1/embeddings", post(generate))
+        .route("/v1/models", get(models))
+        .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/internal/stats", get(internal_stats))
+        .fallback(|req: Request| async move {
+            RouterError::NotFound(format!("{} {}", req.method(), req.uri().path()))
+        })
+        .with_state(app)
+}
+
+/// Milliseconds on a monotonic clock, for ejection deadlines.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    if app.table.borrow().synced {
+        "ready".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "routing table not synced yet",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&app.registry.gather(), &mut out) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    window: Option<String>,
+}
+
+async fn internal_stats(State(app): State<Arc<App>>, Query(q): Query<StatsQuery>) -> Response {
+    let window = match q.window.as_deref() {
+        None => Duration::from_secs(30),
+        Some(w) => match parse_window(w) {
+            Some(d) => d,
+            None => {
+                return RouterError::invalid(
+                    format!("window `{w}` is not a duration like 30s or 5m"),
+                    Some("window"),
+                )
+                .into_response();
+            }
+        },
+    };
+    Json(app.stats.summary(window)).into_response()
+}
+
+async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(e) = app.access.authenticate(authorization(&headers)) {
+        return app.reject(e);
+    }
+    let table = app.table.borrow().clone();
+    let data: Vec<_> = table
+        .models()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "ferry"}))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// The fields the router reads from a request body; the rest passes through untouched.
+#[derive(Deserialize)]
+struct Peek {
+    model: Option<String>,
+    user: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+impl App {
+    fn reject(&self, e: RouterError) -> Response {
+        self.rejected.with_label_values(&[e.code()]).inc();
+        e.into_response()
+    }
+}
+
+async fn generate(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let mut headers = parts.headers;
+    let request_id = headers
+        .get("x-request-id")
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..))).unwrap());
+    headers.insert("x-request-id", request_id.clone());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str())
+        .to_string();
+    let mut response = match handle(&app, &path, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => {
+            warn!(code = e.code(), error = %e, request_id = ?request_id, "request refused");
+            app.reject(e)
+        }
+    };
+    response.headers_mut().insert("x-request-id", request_id);
+    response
+}
+
+async fn handle(
+    app: &Arc<App>,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, RouterError> {
+    let started = Instant::now();
+    let key_id = app.access.authenticate(authorization(headers))?;
+    if let Some(key) = &key_id {
+        app.access.admit(key)?;
+    }
+    let body = read_body(body, app.settings.max_body_bytes).await?;
+    let peek: Peek = match serde_json::from_slice(&body) {
+        Ok(peek) => peek,
+        Err(_) => return Err(explain_body_error(&body)),
+    };
+    let model = peek
+        .model
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| RouterError::invalid("`model` is required.", Some("model")))?;
+    let stream = peek.stream.unwrap_or(false);
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| !stream)
+        .map(|k| format!("{}\0{model}\0{path}\0{k}", key_id.as_deref().unwrap_or("")));
+    let guard = match idempotency_key {
+        None => None,
+        Some(k) => match app.idempotency.begin(k).await {
+            Begin::Replay(stored) => return Ok(replay(&stored)),
+            Begin::First(guard) => Some(guard),
+        },
+    };
+
+    let sticky_key = |route_sticky: &Sticky| match route_sticky {
+        Sticky::User => peek.user.clone(),
+        Sticky::Header(name) => headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        Sticky::ApiKey => key_id.clone(),
+    };
+    let (backend, route_model) = wait_for_backend(app, &model, started, &sticky_key).await?;
+    let series = SeriesKey {
+        model: route_model,
+        version: backend.version.clone(),
+        variant: backend.variant.clone().unwrap_or_default(),
+    };
+    let response = forward(app, &backend, &series, path, headers, body, started, key_id).await?;
+    Ok(match (guard, response) {
+        (Some(guard), Forwarded::Whole(stored)) => {
+            let response = replayable(&stored, false);
+            guard.finish(stored);
+            response
+        }
+        (_, Forwarded::Whole(stored)) => replayable(&stored, false),
+        (_, Forwarded::Stream(response)) => response,
+    })
+}
+
+/// The error for a body that does not parse: names the field when it is one the router reads.
+fn explain_body_error(body: &[u8]) -> RouterError {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let Err(e) = serde_path_to_error::deserialize::<_, Peek>(&mut json) else {
+        return RouterError::invalid("The request body is not valid JSON.", None);
+    };
+    let path = e.path().to_string();
+    let param = match path.as_str() {
+        "model" => Some("model"),
+        "user" => Some("user"),
+        "stream" => Some("stream"),
+        _ => None,
+    };
+    match param {
+        Some(_) => RouterError::invalid(format!("`{path}`: {}", e.inner()), param),
+        None => RouterError::invalid(
+            format!("The request body is not valid JSON: {}", e.inner()),
+            None,
+        ),
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, RouterError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(RouterError::BodyTooLarge(limit))
+        }
+        Err(e) => Err(RouterError::invalid(
+            format!("Could not read the request body: {e}"),
+            None,
+        )),
+    }
+}
+
+/// The backend for `model`, waiting up to the hold time for one with a ready pod.
+async fn wait_for_backend(
+    app: &App,
+    model: &str,
+    started: Instant,
+    sticky_key: &(dyn Fn(&Sticky) -> Option<String> + Sync),
+) -> Result<(Backend, String), RouterError> {
+    let mut table = app.table.clone();
+    let deadline = started + app.settings.hold;
+    loop {
+        let snapshot = table.borrow_and_update().clone();
+        match snapshot.routes.get(model) {
+            Some(route) => {
+                let point = match route.stickiness.as_ref().and_then(sticky_key) {
+                    Some(key) => sticky_point(&route.model, &key),
+                    None => fastrand::f64(),
+                };
+                if let Some(b) = choose_backend(&route.backends, point, now_ms()) {
+                    return Ok((b.clone(), route.model.clone()));
+                }
+            }
+            None if snapshot.synced => {
+                return Err(RouterError::ModelNotFound {
+                    model: model.to_string(),
+                    known: snapshot.models().map(str::to_string).collect(),
+                });
+            }
+            None => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(RouterError::NoReadyPod {
+                model: model.to_string(),
+                waited_s: app.settings.hold.as_secs(),
+                retry_after: 5,
+            });
+        }
+        // A table change, or a short tick (an ejected pod's time may be up).
+        let wait = (deadline - now).min(Duration::from_millis(250));
+        let _ = tokio::time::timeout(wait, table.changed()).await;
+    }
+}
+
+enum Forwarded {
+    Whole(Stored),
+    Stream(Response),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    app: &Arc<App>,
+    backend: &Backend,
+    series: &SeriesKey,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    started: Instant,
+    key_id: Option<String>,
+) -> Result<Forwarded, RouterError> {
+    let mut tried = Vec::new();
+    let mut last_error = String::from("no ready pod");
+    for attempt in 0..=app.settings.retries {
+        let Some(endpoint) = choose_endpoint(
+            &backend.endpoints,
+            &tried,
+            now_ms(),
+            fastrand::u64(..),
+            fastrand::u64(..),
+        ) else {
+            break;
+        };
+        tried.push(endpoint.addr);
+        if attempt > 0 {
+            app.retried
+                .with_label_values(&[&series.model, &series.version])
+                .inc();
+        }
+        let in_flight = endpoint.begin();
+        let upstream = app
+            .client
+            .send(
+                endpoint.addr,
+                axum::http::Method::POST,
+                path,
+                headers,
+                body.clone(),
+            )
+            .await;
+        let response = match upstream {
+            Ok(r) => r,
+            Err(e) => {
+                if e.is_connect() {
+                    endpoint.eject(now_ms(), app.settings.eject.as_millis() as u64);
+                }
+                last_error = format!("{}: {}", endpoint.pod, error_chain(&e));
+                warn!(pod = %endpoint.pod, error = %last_error, "pod failed before answering; trying another");
+                continue;
+            }
+        };
+        let status = response.status();
+        let more_pods = backend.endpoints.iter().any(|e| !tried.contains(&e.addr));
+        if status == StatusCode::SERVICE_UNAVAILABLE && more_pods && attempt < app.settings.retries
+        {
+            // Loading or draining: nothing was generated, another pod can take it.
+            last_error = format!("{}: 503", endpoint.pod);
+            continue;
+        }
+        let mut out_headers = response_headers(response.headers());
+        add_route_headers(
+            &mut out_headers,
+            &backend.version,
+            backend.variant.as_deref(),
+            &endpoint.pod,
+        );
+        let is_stream = out_headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        if is_stream {
+            let finish = finisher(app.clone(), series.clone(), key_id);
+            let stream =
+                ObservedStream::new(response.into_body(), status, started, in_flight, finish);
+            return Ok(Forwarded::Stream(stream_response(
+                status,
+                out_headers,
+                stream,
+            )));
+        }
+        let collected = response.into_body().collect().await;
+        drop(in_flight);
+        let (body, failed) = match collected {
+            Ok(c) => (c.to_bytes(), status.is_server_error()),
+            Err(e) => {
+                let last = format!("the response broke off: {e}");
+                return Err(upstream_failed(
+                    app,
+                    series,
+                    key_id,
+                    started,
+                    attempt + 1,
+                    last,
+                ));
+            }
+        };
+        let usage = usage_of(&body);
+        record(
+            app,
+            series,
+            key_id.as_deref(),
+            Outcome {
+                status: status.as_u16(),
+                failed,
+                latency: started.elapsed(),
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                ..Default::default()
+            },
+        );
+        return Ok(Forwarded::Whole(Stored {
+            status,
+            headers: out_headers,
+            body,
+        }));
+    }
+    Err(upstream_failed(
+        app,
+        series,
+        key_id,
+        started,
+        tried.len(),
+        last_error,
+    ))
+}
+
+/// Every pod tried failed: counted against the version, and the client's error.
+fn upstream_failed(
+    app: &App,
+    series: &SeriesKey,
+    key_id: Option<String>,
+    started: Instant,
+    attempts: usize,
+    last: String,
+) -> RouterError {
+    let outcome = Outcome {
+        status: 502,
+        failed: true,
+        latency: started.elapsed(),
+        ..Default::default()
+    };
+    record(app, series, key_id.as_deref(), outcome);
+    RouterError::Upstream {
+        model: series.model.clone(),
+        version: series.version.clone(),
+        attempts,
+        last,
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn record(app: &App, series: &SeriesKey, key_id: Option<&str>, outcome: Outcome) {
+    if let Some(key) = key_id {
+        app.access
+            .charge_tokens(key, outcome.prompt_tokens + outcome.completion_tokens);
+    }
+    debug!(model = %series.model, version = %series.version, variant = %series.variant,
+          status = outcome.status, latency_ms = outcome.latency.as_millis() as u64, "routed");
+    app.stats.record(series, &outcome);
+}
+
+fn finisher(app: Arc<App>, series: SeriesKey, key_id: Option<String>) -> crate::proxy::Finish {
+    Box::new(move |outcome| record(&app, &series, key_id.as_deref(), outcome))
+}
+
+fn replayable(stored: &Stored, replayed: bool) -> Response {
+    let mut response = Response::new(Body::from(stored.body.clone()));
+    *response.status_mut() = stored.status;
+    *response.headers_mut() = stored.headers.clone();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn replay(stored: &Stored) -> Response {
+    replayable(stored, true)
+}
