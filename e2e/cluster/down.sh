@@ -14,7 +14,8 @@ stop() { # name
   kill -0 $p 2>/dev/null && [ "$(ps -o stat= -p $p)" != "Z" ] && kill -9 $p
   rm -f $R/$1.pid
 }
-# 0. the Ferry operator the main job runs on the host (demo.sh), if any
+# 0. the Ferry operator and router the main job runs on the host (demo.sh), if any
+stop ferry-router
 stop ferry-operator
 # 1. no new pods: stop scheduler + controllers, then let kubelet kill every pod (runs CNI DEL, unmounts volumes)
 stop sched; stop cm
