@@ -51,6 +51,7 @@ pub struct Outcome {
 /// Counts of one latency histogram: `buckets[i]` counts values ≤ `BUCKET_BOUNDS_MS[i]` and above
 /// the previous bound; the last entry counts values above every bound.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Histogram {
     pub count: u64,
     pub sum_ms: f64,
@@ -110,6 +111,7 @@ impl Histogram {
 
 /// Everything counted for one series over a window.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Counts {
     pub requests: u64,
     pub errors: u64,
