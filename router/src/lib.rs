@@ -15,8 +15,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use clap::{Parser, ValueEnum};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -201,7 +202,7 @@ pub async fn serve(
     for i in 0..app.settings.threads.max(1) {
         let listener = listener.try_clone()?;
         let app = app.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         let worker = std::thread::Builder::new()
             .name(format!("ferry-router-{i}"))
             .spawn(move || -> anyhow::Result<()> {
@@ -209,17 +210,8 @@ pub async fn serve(
                     .enable_all()
                     .build()?;
                 runtime.block_on(async move {
-                    // No Nagle delay between the small writes of an SSE stream.
-                    let listener = TcpListener::from_std(listener)?.tap_io(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    });
-                    axum::serve(listener, http::router(app))
-                        .with_graceful_shutdown(async move {
-                            // Stop when told, or when the caller is gone.
-                            let _ = stop.wait_for(|stop| *stop).await;
-                        })
-                        .await?;
-                    Ok(())
+                    let listener = TcpListener::from_std(listener)?;
+                    serve_thread(listener, http::router(app), stop).await
                 })
             })?;
         workers.push(worker);
@@ -235,6 +227,59 @@ pub async fn serve(
         Ok(())
     })
     .await?
+}
+
+/// One thread's accept loop: HTTP/1.1 connections (what OpenAI clients speak), each served until
+/// `stop`, then allowed to finish the request in progress.
+async fn serve_thread(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let service = TowerToHyperService::new(router);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // No Nagle delay between the small writes of an SSE stream.
+                let _ = stream.set_nodelay(true);
+                let service = service.clone();
+                let mut stop = stop.clone();
+                connections.spawn(async move {
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        () = stopped(&mut stop) => {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            // Stop when told, or when the caller is gone.
+            () = stopped(&mut stop) => break,
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Resolves once `stop` says so or its sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 async fn shutdown_signal() {
