@@ -168,3 +168,16 @@ impl Drop for TempNamespace {
             .kubectl(["delete", "namespace", &self.name, "--wait=false"]);
     }
 }
+
+/// The sum of the samples of metric `name` (exactly that name, any labels) whose line contains
+/// `filter`, in a Prometheus text exposition.
+pub fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+                && l.contains(filter)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -138,12 +138,7 @@ impl Backend {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .filter(|l| {
-                l.starts_with(name) && l[name.len()..].starts_with([' ', '{']) && l.contains(filter)
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        ferry_e2e::metric_sum(&text, name, filter)
     }
 }
 

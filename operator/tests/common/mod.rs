@@ -87,10 +87,7 @@ impl Operator {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l.contains(filter))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        ferry_e2e::metric_sum(&text, name, filter)
     }
 
     /// Peak resident memory of the process so far (VmHWM), in KiB.
