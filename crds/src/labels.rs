@@ -13,6 +13,14 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "ferry-operator";
 /// Name of the server container port on every pod.
 pub const SERVER_PORT_NAME: &str = "http";
+/// Annotation on an LLMDeployment: `true` promotes the running canary at once, skipping the
+/// remaining steps and analyses.
+pub const ANNOTATION_PROMOTE: &str = "serving.ferry.dev/promote";
+/// Annotation on an LLMDeployment: `true` rolls the running canary back at once.
+pub const ANNOTATION_ABORT: &str = "serving.ferry.dev/abort";
+/// Annotation on an LLMDeployment: `true` freezes the canary at its current weight (no analyses,
+/// no steps) until it is removed.
+pub const ANNOTATION_PAUSE: &str = "serving.ferry.dev/pause";
 /// Port `ferry-server` listens on in every pod.
 pub const SERVER_PORT: i32 = 8000;
 

@@ -359,8 +359,11 @@ pub enum Phase {
     Experimenting,
     /// The canary was promoted; the previous stable stays warm for the rollback window.
     Promoted,
-    /// The canary breached an SLO and was rolled back; change the spec to try again.
+    /// The canary breached an SLO (or was aborted) and was rolled back; change the spec to try
+    /// again.
     RolledBack,
+    /// The canary never became ready within the cold-start timeout; change the spec to try again.
+    Failed,
     /// Fewer pods are ready than wanted.
     Degraded,
     /// The spec is invalid; see the InvalidSpec condition.
@@ -399,6 +402,13 @@ pub struct LLMDeploymentStatus {
     /// The most recent canary analysis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_analysis: Option<AnalysisResult>,
+    /// State of the current (or last) canary rollout; the operator resumes from it after a
+    /// restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// Per-variant metrics of a running experiment, over the router's last window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<VariantStats>,
     /// In-cluster OpenAI base URL for this model (the router).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -475,6 +485,88 @@ pub struct AnalysisResult {
     /// Why, e.g. `ttft p95 812 ms > 500 ms over 143 requests`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// Where a canary rollout stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RolloutState {
+    /// Canary pods are starting; no traffic yet.
+    Starting,
+    /// The canary receives `step`'s weight and is analysed every interval.
+    Analysing,
+    /// Every step passed: the canary is scaled like the stable before it takes all traffic.
+    Promoting,
+    /// The canary is the stable; during the rollback window a breach still rolls back.
+    Promoted,
+    /// An SLO was breached (or the rollout was aborted); traffic is back on the stable.
+    RolledBack,
+    /// The canary did not become ready within the cold-start timeout.
+    Failed,
+}
+
+/// The state of a canary rollout, persisted so that a restarted operator resumes it without
+/// repeating or skipping a step. Times are RFC 3339.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// ModelVersion rolled out.
+    pub version: String,
+    /// The ModelVersion that was stable when the rollout started (rolled back to on failure).
+    pub previous_stable: String,
+    /// `metadata.generation` that started the rollout: a rolled-back or failed canary is retried
+    /// only when the spec changes.
+    pub generation: i64,
+    /// Where the rollout stands.
+    pub state: RolloutState,
+    /// Index (from 0) of the step in effect.
+    pub step: i32,
+    /// When the rollout started.
+    pub started_at: String,
+    /// When the current step's weight took effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<String>,
+    /// When the last analysis ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis_at: Option<String>,
+    /// Failed analyses so far (of this rollout, or of the rollback window after promotion).
+    pub failed_analyses: i32,
+    /// When the rollout was promoted, rolled back or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Why it ended the way it did, e.g. `ttft p95 812 ms > 500 ms over 143 requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One experiment variant's metrics over the router's window.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VariantStats {
+    /// Variant name.
+    pub name: String,
+    /// ModelVersion it serves.
+    pub version: String,
+    /// Percent of users assigned to it.
+    pub weight: i32,
+    /// Seconds of traffic the numbers cover.
+    pub window_seconds: i64,
+    /// Requests in the window.
+    pub requests: i64,
+    /// Failed requests (5xx and mid-stream errors), percent.
+    pub error_rate_percent: f64,
+    /// 95th percentile time to first token, ms (streams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p95_ms: Option<f64>,
+    /// 95th percentile end-to-end latency, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p95_ms: Option<f64>,
+    /// 95th percentile inter-token latency, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inter_token_p95_ms: Option<f64>,
+    /// Prompt tokens in the window.
+    pub prompt_tokens: i64,
+    /// Completion tokens in the window.
+    pub completion_tokens: i64,
 }
 
 /// Verdict of a canary analysis.

@@ -65,6 +65,25 @@ pub struct ModelVersionSpec {
     /// What each pod of this version needs: GPUs, CPU, memory, placement, server image.
     #[serde(default)]
     pub resources: ResourceSpec,
+    /// Extra environment variables of the server container, e.g. `RUST_LOG`, or
+    /// `FERRY_FAULT_LATENCY_MS` / `FERRY_FAULT_ERROR_RATE` to drill a canary rollback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+}
+
+/// One environment variable of the server container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVar {
+    /// Variable name.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
+    pub name: String,
+    /// Value.
+    pub value: String,
 }
 
 /// Where the weights of a ModelVersion come from. Exactly one field is set.
