@@ -89,6 +89,9 @@ pub enum Input {
     Prompt(String),
 }
 
+/// How long to give mistral.rs to notice a dead engine loop before trying it again.
+const ENGINE_REBOOT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub struct Engine {
     model: Model,
     eos: Vec<u32>,
@@ -183,11 +186,42 @@ impl Engine {
             Input::Prompt(p) => either::Either::Right(p.clone()),
         };
         let chat = matches!(input, Input::Chat(_));
-        self.model
-            .tokenize(text, None, !chat, chat, None)
-            .await
+        let mut tokenized = self
+            .model
+            .tokenize(text.clone(), None, !chat, chat, None)
+            .await;
+        if tokenized.is_err() {
+            // The engine loop may have just died (mistral.rs starts a new one on the next use).
+            tokio::time::sleep(ENGINE_REBOOT_WAIT).await;
+            tokenized = self.model.tokenize(text, None, !chat, chat, None).await;
+        }
+        tokenized
             .map(|t| t.len())
             .map_err(|e| ApiError::invalid(format!("cannot tokenize the input: {e}")))
+    }
+
+    /// Hands a request to the engine loop. If the loop has died (its channel is closed),
+    /// mistral.rs starts a new one when the sender is next asked for: the request, which has not
+    /// started, is submitted once more rather than failed.
+    async fn submit(&self, request: mistralrs::Request) -> Result<(), ApiError> {
+        let mut request = request;
+        for attempt in 0..2 {
+            let sender = self
+                .model
+                .inner()
+                .get_sender(None)
+                .map_err(|e| ApiError::Engine(e.to_string()))?;
+            match sender.send(request).await {
+                Ok(()) => return Ok(()),
+                Err(tokio::sync::mpsc::error::SendError(back)) if attempt == 0 => {
+                    tracing::warn!("the engine loop had stopped; submitting to the restarted one");
+                    request = back;
+                    tokio::time::sleep(ENGINE_REBOOT_WAIT).await;
+                }
+                Err(e) => return Err(ApiError::Engine(e.to_string())),
+            }
+        }
+        Err(ApiError::Engine("the engine loop is not running".into()))
     }
 
     /// Starts a generation; events arrive on the returned channel until `Finish` or `Error`.
@@ -299,15 +333,7 @@ impl Engine {
             model_id: None,
             truncate_sequence: false,
         }));
-        let sender = self
-            .model
-            .inner()
-            .get_sender(None)
-            .map_err(|e| ApiError::Engine(e.to_string()))?;
-        sender
-            .send(request)
-            .await
-            .map_err(|e| ApiError::Engine(e.to_string()))?;
+        self.submit(request).await?;
         let max_tokens = g.max_tokens;
         let stop = if constrained {
             Vec::new()

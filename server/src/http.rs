@@ -335,6 +335,12 @@ async fn admit(
     if shape.model != state.served_model_name {
         return Err(ApiError::ModelNotFound(shape.model));
     }
+    if state.admission.is_closed() {
+        // Draining: refuse before touching the engine, which may already be stopping.
+        return Err(ApiError::Unavailable(
+            "The server is shutting down; retry on another replica.",
+        ));
+    }
     let engine = state.engine()?.clone();
     let prompt_tokens = engine.count_prompt_tokens(&generation.input).await?;
     fit_context(
