@@ -265,7 +265,33 @@ async fn handle(
         version: backend.version.clone(),
         variant: backend.variant.clone().unwrap_or_default(),
     };
-    let response = forward(app, &backend, &series, path, headers, body, started, key_id).await?;
+    let body_again = body.clone();
+    let mut response = forward(
+        app,
+        &backend,
+        &series,
+        path,
+        headers,
+        body,
+        started,
+        key_id.clone(),
+        true,
+    )
+    .await?;
+    if matches!(response, Forwarded::Spill) {
+        // Every pod of that version is going away (a rolled-back canary, a scale-down): its
+        // pods are now skipped, so the table gives another version, or waits for one.
+        let (backend, route_model) = wait_for_backend(app, &model, started, &sticky_key).await?;
+        let series = SeriesKey {
+            model: route_model,
+            version: backend.version.clone(),
+            variant: backend.variant.clone().unwrap_or_default(),
+        };
+        response = forward(
+            app, &backend, &series, path, headers, body_again, started, key_id, false,
+        )
+        .await?;
+    }
     Ok(match (guard, response) {
         (Some(guard), Forwarded::Whole(stored)) => {
             let response = replayable(&stored, false);
@@ -274,6 +300,14 @@ async fn handle(
         }
         (_, Forwarded::Whole(stored)) => replayable(&stored, false),
         (_, Forwarded::Stream(response)) => response,
+        (_, Forwarded::Spill) => {
+            return Err(RouterError::Upstream {
+                model,
+                version: backend.version,
+                attempts: 2,
+                last: "every pod answered 503 (draining)".into(),
+            });
+        }
     })
 }
 
@@ -361,6 +395,9 @@ async fn wait_for_backend(
 enum Forwarded {
     Whole(Stored),
     Stream(Response),
+    /// Every pod of the version answered 503 (draining) before generating anything: choose
+    /// again (only when `forward` was allowed to spill).
+    Spill,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -373,6 +410,7 @@ async fn forward(
     body: Bytes,
     started: Instant,
     key_id: Option<String>,
+    spill: bool,
 ) -> Result<Forwarded, RouterError> {
     let mut tried = Vec::new();
     let mut last_error = String::from("no ready pod");
@@ -421,6 +459,12 @@ async fn forward(
             // Loading or draining: nothing was generated, another pod can take it.
             last_error = format!("{}: 503", endpoint.pod);
             continue;
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE && spill && !more_pods {
+            endpoint.eject(now_ms(), app.settings.eject.as_millis() as u64);
+            if backend.endpoints.iter().all(|e| e.is_ejected(now_ms())) {
+                return Ok(Forwarded::Spill);
+            }
         }
         let mut out_headers = response_headers(response.headers());
         add_route_headers(
