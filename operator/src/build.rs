@@ -60,41 +60,97 @@ pub fn served_model_name(llmd: &LLMDeployment) -> String {
         .unwrap_or_else(|| llmd.name_any())
 }
 
-/// Desired objects and status of a valid LLMDeployment. `versions` holds the referenced
-/// ModelVersions (validation made sure they exist); `observed` the versions' Deployments by version.
+/// Which versions run with how many pods, and how traffic is split between them: what the
+/// rollout, the experiment and the autoscaler decided for this reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The version serving stable traffic (the scale subresource's replicas and selector).
+    pub stable: String,
+    /// Pods wanted for each version that runs (0: kept, scaled down).
+    pub replicas: BTreeMap<String, i32>,
+    /// The split the router obeys.
+    pub traffic: Vec<TrafficTarget>,
+    /// Queued + running requests per version, where read.
+    pub queue_depth: BTreeMap<String, i64>,
+}
+
+impl Plan {
+    /// No canary, no experiment: the stable at its fixed count (or, autoscaled, at what the
+    /// Deployment has, within the bounds), with all traffic.
+    pub fn steady(llmd: &LLMDeployment, observed: &BTreeMap<String, Observed>) -> Self {
+        let stable = llmd.spec.stable.clone();
+        let seen = observed.get(&stable).copied().unwrap_or_default();
+        Self {
+            replicas: BTreeMap::from([(stable.clone(), stable_replicas(llmd, seen))]),
+            traffic: vec![TrafficTarget {
+                version: stable.clone(),
+                weight: 100,
+                variant: None,
+            }],
+            stable,
+            queue_depth: BTreeMap::new(),
+        }
+    }
+}
+
+/// Desired objects and status of a valid LLMDeployment with no rollout: [`build_plan`] with
+/// [`Plan::steady`].
 pub fn build(
     llmd: &LLMDeployment,
     versions: &BTreeMap<String, ModelVersion>,
     observed: &BTreeMap<String, Observed>,
     settings: &Settings,
 ) -> Desired {
+    build_plan(
+        llmd,
+        versions,
+        observed,
+        settings,
+        &Plan::steady(llmd, observed),
+    )
+}
+
+/// Desired objects and status of a valid LLMDeployment. `versions` holds the referenced
+/// ModelVersions (validation made sure they exist); `observed` the versions' Deployments by
+/// version; `plan` the pods and traffic of each version.
+pub fn build_plan(
+    llmd: &LLMDeployment,
+    versions: &BTreeMap<String, ModelVersion>,
+    observed: &BTreeMap<String, Observed>,
+    settings: &Settings,
+    plan: &Plan,
+) -> Desired {
     let name = llmd.name_any();
     let model = served_model_name(llmd);
-    let stable = llmd.spec.stable.clone();
-    let seen = observed.get(&stable).copied().unwrap_or_default();
-    let replicas = stable_replicas(llmd, seen);
+    let stable = plan.stable.clone();
     let mut deployments = Vec::new();
     let mut services = vec![llmd_service(llmd)];
-    if let Some(mv) = versions.get(&stable) {
-        deployments.push(version_deployment(llmd, mv, &model, replicas, settings));
-        services.push(version_service(llmd, &stable));
+    let mut version_status = Vec::new();
+    let (mut all_ready, mut all_wanted) = (0, 0);
+    for (version, &wanted) in &plan.replicas {
+        let Some(mv) = versions.get(version) else {
+            continue;
+        };
+        deployments.push(version_deployment(llmd, mv, &model, wanted, settings));
+        services.push(version_service(llmd, version));
+        let ready = observed.get(version).map_or(0, |o| o.ready);
+        all_ready += ready;
+        all_wanted += wanted;
+        version_status.push(VersionStatus {
+            name: version.clone(),
+            replicas: wanted,
+            ready_replicas: ready,
+            queue_depth: plan.queue_depth.get(version).copied(),
+        });
     }
-    let ready = seen.ready;
+    let replicas = plan.replicas.get(&stable).copied().unwrap_or(0);
+    let ready = observed.get(&stable).map_or(0, |o| o.ready);
     let status = LLMDeploymentStatus {
         phase: Some(phase(replicas, ready)),
         served_model_name: Some(model),
         stable_version: Some(stable.clone()),
-        traffic: vec![TrafficTarget {
-            version: stable.clone(),
-            weight: 100,
-            variant: None,
-        }],
-        versions: vec![VersionStatus {
-            name: stable.clone(),
-            replicas,
-            ready_replicas: ready,
-            queue_depth: None,
-        }],
+        traffic: plan.traffic.clone(),
+        versions: version_status,
         endpoint: Some(settings.router_endpoint.clone()),
         observed_generation: llmd.metadata.generation,
         replicas: Some(replicas),
@@ -103,7 +159,7 @@ pub fn build(
             label_value(&name),
             label_value(&stable)
         )),
-        ready: Some(format!("{ready}/{replicas}")),
+        ready: Some(format!("{all_ready}/{all_wanted}")),
         ..Default::default()
     };
     Desired {
@@ -116,7 +172,7 @@ pub fn build(
 
 /// Stable pods wanted: the fixed count, or (autoscaling) what the Deployment has, clamped to the
 /// autoscaling bounds, so the autoscaler's decisions are not undone here.
-fn stable_replicas(llmd: &LLMDeployment, seen: Observed) -> i32 {
+pub fn stable_replicas(llmd: &LLMDeployment, seen: Observed) -> i32 {
     match &llmd.spec.autoscaling {
         None => llmd.spec.fixed_replicas(),
         Some(a) => seen

@@ -4,36 +4,55 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_crds::{LLMDeployment, LLMDeploymentStatus, ModelVersion, Phase, condition::types};
+use ferry_crds::{
+    AnalysisResult, LLMDeployment, LLMDeploymentStatus, ModelVersion, Phase, RolloutState,
+    RolloutStatus, TrafficTarget, VariantStats, condition::types,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::Context;
 use crate::apply::{apply_child, apply_status, delete_child, publish};
-use crate::build::{LABEL_DEPLOYMENT, Observed, build, child_name, label_value};
-use crate::conditions::{Wanted, merge};
+use crate::build::{
+    LABEL_DEPLOYMENT, LABEL_VERSION, Observed, Plan, build_plan, child_name, label_value,
+    served_model_name,
+};
+use crate::conditions::{Transition, Wanted, merge};
 use crate::error::Error;
+use crate::rollout::{self, Controls, Note, Observation};
 use crate::validate::{llmd_problems, referenced_versions};
+use crate::{analysis, autoscale, signals};
 
 const CONTROLLER: &str = "llmdeployment";
 /// Periodic re-check even when nothing changed (drift of children made by hand is also watched).
 const RESYNC: Duration = Duration::from_secs(300);
 
 pub async fn reconcile(llmd: Arc<LLMDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let mut requeue = RESYNC;
     ctx.metrics
-        .measure(CONTROLLER, reconcile_inner(&llmd, &ctx))
+        .measure(CONTROLLER, async {
+            let (label, after) = reconcile_inner(&llmd, &ctx).await?;
+            requeue = after;
+            Ok(label)
+        })
         .await
-        .map(|_| Action::requeue(RESYNC))
+        .map(|_| Action::requeue(requeue))
 }
 
-async fn reconcile_inner(llmd: &LLMDeployment, ctx: &Context) -> Result<&'static str, Error> {
+async fn reconcile_inner(
+    llmd: &LLMDeployment,
+    ctx: &Context,
+) -> Result<(&'static str, Duration), Error> {
     ctx.caches_ready().await;
     if llmd.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the children.
-        return Ok("deleting");
+        return Ok(("deleting", RESYNC));
     }
     let namespace = llmd.namespace().unwrap_or_default();
 
@@ -72,34 +91,440 @@ async fn reconcile_inner(llmd: &LLMDeployment, ctx: &Context) -> Result<&'static
         status.conditions = conditions;
         apply_status(&ctx.client, llmd, current.as_ref(), &status, &ctx.metrics).await?;
         publish(&ctx.recorder, llmd, transitions, &ctx.metrics).await;
-        return Ok("invalid");
+        return Ok(("invalid", RESYNC));
     }
 
-    // Build (pure), then apply what differs.
-    let desired = build(llmd, &versions, &observed, &ctx.settings);
-    for deployment in &desired.deployments {
+    // Decide (rollout, experiment, scaling) from status and signals, then build (pure).
+    let decided = decide(llmd, &observed, ctx).await;
+    let desired = build_plan(llmd, &versions, &observed, &ctx.settings, &decided.plan);
+    let mut status = desired.status.clone();
+    let mut wanted = desired.conditions.clone();
+    rollout_status(llmd, &decided, &mut status, &mut wanted);
+
+    // Children that grow (or are new) before the status, so a status that names them finds
+    // them; a version losing pods shrinks only after the status (traffic) was written, so the
+    // router never sends a request to a pod that is going away.
+    let shrinks = |d: &Deployment| {
+        let version = d.labels().get(LABEL_VERSION).cloned().unwrap_or_default();
+        let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        observed
+            .iter()
+            .any(|(v, o)| label_value(v) == version && o.replicas > wanted)
+    };
+    let (later, now_too): (Vec<&Deployment>, Vec<&Deployment>) =
+        desired.deployments.iter().partition(|d| shrinks(d));
+    for deployment in now_too {
         apply_child(&ctx.client, &ctx.deployments, deployment, &ctx.metrics).await?;
     }
     for service in &desired.services {
         apply_child(&ctx.client, &ctx.services, service, &ctx.metrics).await?;
     }
-    prune(llmd, &desired, &observed, ctx).await?;
-
-    let mut status = desired.status;
     let previous = current
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let (conditions, transitions) = merge(
-        previous,
-        &desired.conditions,
-        llmd.metadata.generation,
-        &now,
-    );
+    let (conditions, mut transitions) = merge(previous, &wanted, llmd.metadata.generation, &now);
     status.conditions = conditions;
     apply_status(&ctx.client, llmd, current.as_ref(), &status, &ctx.metrics).await?;
+    transitions.extend(decided.notes.iter().map(|n| Transition {
+        type_: if n.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: n.reason.to_string(),
+        message: n.message.clone(),
+    }));
     publish(&ctx.recorder, llmd, transitions, &ctx.metrics).await;
-    Ok(phase_label(&status))
+
+    for deployment in later {
+        apply_child(&ctx.client, &ctx.deployments, deployment, &ctx.metrics).await?;
+    }
+    prune(llmd, &desired, &decided.plan.stable, &observed, ctx).await?;
+    Ok((phase_label(&status), decided.requeue))
+}
+
+/// What [`decide`] settled for this reconcile.
+struct Decided {
+    plan: Plan,
+    record: Option<RolloutStatus>,
+    controls: Controls,
+    analysis: Option<AnalysisResult>,
+    variants: Vec<VariantStats>,
+    notes: Vec<Note>,
+    requeue: Duration,
+}
+
+/// Runs the rollout machine (with an analysis from the routers when one is due), reads the
+/// experiment's numbers, and sizes each version (autoscaling on the pods' queue depth).
+async fn decide(
+    llmd: &LLMDeployment,
+    observed: &BTreeMap<String, Observed>,
+    ctx: &Context,
+) -> Decided {
+    let spec = &llmd.spec;
+    let model = served_model_name(llmd);
+    let now = Timestamp::now();
+    let controls = Controls::from_annotations(llmd.annotations());
+    let previous = llmd.status.as_ref().and_then(|s| s.rollout.clone());
+    let mut requeue = RESYNC;
+
+    let mut analysis = None;
+    if let (Some(window), Some(record), Some(canary)) = (
+        rollout::analysis_due(spec, previous.as_ref(), controls, now),
+        previous.as_ref(),
+        spec.canary.as_ref(),
+    ) {
+        let time = rollout::timestamp(now);
+        let slo = spec.slo.clone().unwrap_or_default();
+        analysis = Some(
+            match signals::router_summary(&ctx.http, &ctx.router_stats, window).await {
+                Ok(summary) => {
+                    let counts = analysis::version_counts(&summary, &model, &record.version);
+                    analysis::judge(
+                        &record.version,
+                        &counts,
+                        &slo,
+                        canary.analysis.min_requests,
+                        time,
+                    )
+                }
+                Err(e) => analysis::unavailable(&record.version, &e, time),
+            },
+        );
+    }
+
+    // Pods: the stable's fixed or autoscaled count first, since a promoting canary matches it.
+    let stable_now = match (&previous, &spec.canary) {
+        (Some(r), Some(c)) if r.version == c.version && r.state == RolloutState::Promoted => {
+            r.version.clone()
+        }
+        _ => spec.stable.clone(),
+    };
+    let mut queue_depth = BTreeMap::new();
+    let stable_pods = size(llmd, &stable_now, None, observed, ctx, &mut queue_depth).await;
+    let canary_start = spec.canary.as_ref().map_or(1, |c| c.replicas);
+    let obs = Observation {
+        now,
+        generation: llmd.metadata.generation.unwrap_or(0),
+        canary_ready: spec
+            .canary
+            .as_ref()
+            .and_then(|c| observed.get(&c.version))
+            .map_or(0, |o| o.ready),
+        canary_start_pods: canary_start,
+        canary_promote_pods: stable_pods,
+        cold_start_timeout: Duration::from_secs(u64::from(ctx.settings.server.startup_seconds)),
+    };
+    let decision = rollout::advance(spec, previous.as_ref(), controls, &obs, analysis.as_ref());
+    if let Some(r) = decision.requeue {
+        requeue = requeue.min(r);
+    }
+    let roles = rollout::roles(spec, decision.record.as_ref(), now);
+
+    let mut replicas = BTreeMap::new();
+    let stable_pods = if roles.stable == stable_now {
+        stable_pods
+    } else {
+        size(llmd, &roles.stable, None, observed, ctx, &mut queue_depth).await
+    };
+    replicas.insert(roles.stable.clone(), stable_pods);
+    let mut traffic = Vec::new();
+    let mut variants = Vec::new();
+    if let Some((canary, weight)) = &roles.canary {
+        let pods = if roles.promoting {
+            stable_pods
+        } else {
+            let bounds = Some((canary_start, canary_start));
+            size(llmd, canary, bounds, observed, ctx, &mut queue_depth).await
+        };
+        replicas.insert(canary.clone(), pods);
+        if *weight > 0 {
+            traffic.push(target(&roles.stable, 100 - weight, None));
+            traffic.push(target(canary, *weight, None));
+        }
+    }
+    if let Some(warm) = &roles.warm {
+        // Kept as it is, ready to take the traffic back.
+        let pods = observed
+            .get(warm)
+            .map_or(stable_pods, |o| o.replicas.max(1));
+        replicas.insert(warm.clone(), pods);
+    }
+    for cold in &roles.cold {
+        replicas.insert(cold.clone(), 0);
+    }
+    if let Some(experiment) = &spec.experiment {
+        for v in &experiment.variants {
+            if !replicas.contains_key(&v.version) {
+                let pods = size(llmd, &v.version, None, observed, ctx, &mut queue_depth).await;
+                replicas.insert(v.version.clone(), pods);
+            }
+            if v.weight > 0 {
+                traffic.push(target(&v.version, v.weight, Some(&v.name)));
+            }
+        }
+        variants = experiment_stats(experiment, &model, ctx).await;
+        requeue = requeue.min(EXPERIMENT_STATS);
+    }
+    if traffic.is_empty() {
+        traffic.push(target(&roles.stable, 100, None));
+    }
+    if spec.autoscaling.is_some() {
+        requeue = requeue.min(ctx.autoscale_interval);
+    }
+    Decided {
+        plan: Plan {
+            stable: roles.stable,
+            replicas,
+            traffic,
+            queue_depth,
+        },
+        record: decision.record,
+        controls,
+        analysis,
+        variants,
+        notes: decision
+            .notes
+            .into_iter()
+            // The RolledBack condition's own Event says these.
+            .filter(|n| !matches!(n.reason, "RolledBack" | "CanaryFailed"))
+            .collect(),
+        requeue,
+    }
+}
+
+/// How often an experiment's per-variant numbers are refreshed.
+const EXPERIMENT_STATS: Duration = Duration::from_secs(15);
+
+fn target(version: &str, weight: i32, variant: Option<&str>) -> TrafficTarget {
+    TrafficTarget {
+        version: version.to_string(),
+        weight,
+        variant: variant.map(String::from),
+    }
+}
+
+/// Pods for `version`: fixed (`bounds` given and no autoscaling: its lower bound; otherwise
+/// `spec.replicas`), or autoscaled from the queue depth of its ready pods within the
+/// autoscaling bounds (a canary's lower bound is its `replicas`).
+async fn size(
+    llmd: &LLMDeployment,
+    version: &str,
+    bounds: Option<(i32, i32)>,
+    observed: &BTreeMap<String, Observed>,
+    ctx: &Context,
+    queue_depth: &mut BTreeMap<String, i64>,
+) -> i32 {
+    let Some(a) = &llmd.spec.autoscaling else {
+        return bounds.map_or(llmd.spec.fixed_replicas(), |(min, _)| min);
+    };
+    let min = bounds.map_or(a.min_replicas, |(min, _)| min.min(a.max_replicas));
+    let policy = autoscale::Policy {
+        min,
+        max: a.max_replicas.max(min),
+        target_queue_depth: a.target_queue_depth,
+        scale_up_seconds: f64::from(a.scale_up_stabilization_seconds),
+        scale_down_seconds: f64::from(a.scale_down_stabilization_seconds),
+    };
+    let pods = version_pods(llmd, version, ctx);
+    let (queue, complete) = signals::queue_depth(&ctx.http, &pods).await;
+    queue_depth.insert(version.to_string(), queue as i64);
+    let load = autoscale::Load {
+        queue,
+        complete,
+        held: 0,
+    };
+    let current = observed.get(version).map_or(min, |o| o.replicas);
+    let key = format!(
+        "{}/{}/{version}",
+        llmd.namespace().unwrap_or_default(),
+        llmd.name_any()
+    );
+    let now = ctx.started.elapsed().as_secs_f64();
+    let mut histories = ctx.scaling.lock().unwrap_or_else(|e| e.into_inner());
+    let history = histories.entry(key).or_default();
+    let pods = autoscale::decide(current, &load, &policy, history, now);
+    if pods != current {
+        tracing::info!(llmd = %llmd.name_any(), version, queue, from = current, to = pods, "scaling");
+    }
+    pods
+}
+
+/// Ready server pods of one version of `llmd`, from the cache.
+fn version_pods(llmd: &LLMDeployment, version: &str, ctx: &Context) -> Vec<Arc<Pod>> {
+    let namespace = llmd.namespace();
+    let (owner, version) = (label_value(&llmd.name_any()), label_value(version));
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace() == namespace
+                && p.labels().get(LABEL_DEPLOYMENT) == Some(&owner)
+                && p.labels().get(LABEL_VERSION) == Some(&version)
+                && signals::pod_ready(p)
+        })
+        .collect()
+}
+
+/// Per-variant numbers over the routers' longest window.
+async fn experiment_stats(
+    experiment: &ferry_crds::Experiment,
+    model: &str,
+    ctx: &Context,
+) -> Vec<VariantStats> {
+    let window = ferry_router::stats::MAX_WINDOW.as_secs();
+    let Ok(summary) = signals::router_summary(&ctx.http, &ctx.router_stats, window).await else {
+        return Vec::new();
+    };
+    experiment
+        .variants
+        .iter()
+        .map(|v| {
+            let mut counts = ferry_router::stats::Counts::default();
+            for s in summary.series.iter().filter(|s| {
+                s.key.model == model && s.key.version == v.version && s.key.variant == v.name
+            }) {
+                counts.merge(&s.counts);
+            }
+            analysis::variant_stats(&v.name, &v.version, v.weight, window, &counts)
+        })
+        .collect()
+}
+
+/// The rollout's part of the status: record, canary columns, phase, and the Progressing and
+/// RolledBack conditions.
+fn rollout_status(
+    llmd: &LLMDeployment,
+    decided: &Decided,
+    status: &mut LLMDeploymentStatus,
+    wanted: &mut Vec<Wanted>,
+) {
+    let previous = llmd.status.as_ref();
+    status.rollout = decided.record.clone();
+    status.last_analysis = decided
+        .analysis
+        .clone()
+        .or_else(|| previous.and_then(|s| s.last_analysis.clone()));
+    status.variants = decided.variants.clone();
+    if llmd.spec.experiment.is_some() && status.variants.is_empty() {
+        // The routers did not answer: keep the last numbers rather than blanking them.
+        status.variants = previous.map(|s| s.variants.clone()).unwrap_or_default();
+    }
+    let canary = decided.record.as_ref().filter(|r| {
+        matches!(
+            r.state,
+            RolloutState::Starting | RolloutState::Analysing | RolloutState::Promoting
+        )
+    });
+    if let Some(r) = canary {
+        status.canary_version = Some(r.version.clone());
+        status.canary_step = Some(r.step);
+        status.canary_weight = Some(
+            decided
+                .plan
+                .traffic
+                .iter()
+                .find(|t| t.version == r.version)
+                .map_or(0, |t| t.weight),
+        );
+    }
+    let set = |wanted: &mut Vec<Wanted>, w: Wanted| {
+        wanted.retain(|c| c.type_ != w.type_);
+        wanted.push(w);
+    };
+    let rolled_back = match decided.record.as_ref() {
+        Some(r) if matches!(r.state, RolloutState::RolledBack | RolloutState::Failed) => {
+            let reason = if r.state == RolloutState::Failed {
+                "CanaryFailed"
+            } else if r
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("aborted"))
+            {
+                "Aborted"
+            } else {
+                "SloBreached"
+            };
+            let message = r.message.clone().unwrap_or_else(|| "rolled back".into());
+            Wanted::new(
+                types::ROLLED_BACK,
+                true,
+                reason,
+                format!("canary {}: {message}", r.version),
+            )
+        }
+        Some(r) => Wanted::new(
+            types::ROLLED_BACK,
+            false,
+            if r.state == RolloutState::Promoted {
+                "Promoted"
+            } else {
+                "RollingOut"
+            },
+            format!("canary {} has not been rolled back", r.version),
+        ),
+        None => Wanted::new(
+            types::ROLLED_BACK,
+            false,
+            "NoRollout",
+            "no canary rollout".to_string(),
+        ),
+    };
+    set(wanted, rolled_back);
+    let now = Timestamp::now();
+    match decided.record.as_ref().map(|r| r.state) {
+        Some(RolloutState::Starting | RolloutState::Analysing | RolloutState::Promoting) => {
+            let r = decided.record.as_ref().expect("a record");
+            status.phase = Some(Phase::Progressing);
+            let (reason, message) = if decided.controls.pause {
+                (
+                    "Paused",
+                    format!("canary {} paused by annotation", r.version),
+                )
+            } else {
+                match r.state {
+                    RolloutState::Starting => (
+                        "CanaryStarting",
+                        format!("waiting for canary {} pods to be ready", r.version),
+                    ),
+                    RolloutState::Promoting => (
+                        "Promoting",
+                        format!(
+                            "scaling canary {} like the stable before it takes all traffic",
+                            r.version
+                        ),
+                    ),
+                    _ => (
+                        "CanaryAnalysis",
+                        format!(
+                            "canary {} at {}% (step {}), {} failed analyses",
+                            r.version,
+                            status.canary_weight.unwrap_or(0),
+                            r.step + 1,
+                            r.failed_analyses
+                        ),
+                    ),
+                }
+            };
+            set(
+                wanted,
+                Wanted::new(types::PROGRESSING, true, reason, message),
+            );
+        }
+        Some(RolloutState::RolledBack) => status.phase = Some(Phase::RolledBack),
+        Some(RolloutState::Failed) => status.phase = Some(Phase::Failed),
+        Some(RolloutState::Promoted)
+            if decided
+                .record
+                .as_ref()
+                .is_some_and(|r| rollout::in_rollback_window(&llmd.spec, r, now)) =>
+        {
+            status.phase = Some(Phase::Promoted)
+        }
+        _ if llmd.spec.experiment.is_some() => status.phase = Some(Phase::Experimenting),
+        _ => {}
+    }
 }
 
 fn phase_label(status: &LLMDeploymentStatus) -> &'static str {
@@ -141,10 +566,11 @@ fn observe(
 async fn prune(
     llmd: &LLMDeployment,
     desired: &crate::build::Desired,
+    stable: &str,
     observed: &BTreeMap<String, Observed>,
     ctx: &Context,
 ) -> Result<(), Error> {
-    let stable = observed.get(&llmd.spec.stable).copied().unwrap_or_default();
+    let stable = observed.get(stable).copied().unwrap_or_default();
     let wanted = desired.status.replicas.unwrap_or(0);
     if stable.ready < wanted {
         return Ok(());

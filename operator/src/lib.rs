@@ -5,7 +5,9 @@
 //! ([`validate`]) → build ([`build`], [`pod`]; no API calls) → apply ([`apply`]: server-side apply,
 //! skipped when nothing changed) → status (conditions with Events on transitions).
 
+pub mod analysis;
 pub mod apply;
+pub mod autoscale;
 pub mod build;
 pub mod conditions;
 mod deployment;
@@ -15,6 +17,8 @@ pub mod leader;
 pub mod metrics;
 pub mod model_version;
 pub mod pod;
+pub mod rollout;
+mod signals;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -87,6 +91,19 @@ pub struct Args {
     /// LLMDeployments reconciled at once.
     #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+    /// Base URL of each router replica whose `/internal/stats` the canary analysis and the
+    /// experiment status read (comma-separated in the environment variable); their numbers are
+    /// merged.
+    #[arg(
+        long = "router-stats-url",
+        env = "FERRY_ROUTER_STATS_URLS",
+        value_delimiter = ',',
+        default_value = "http://ferry-router.ferry-system.svc:8080"
+    )]
+    pub router_stats_urls: Vec<String>,
+    /// Seconds between two looks at the pods' queue depth for LLMDeployments with autoscaling.
+    #[arg(long, env = "FERRY_AUTOSCALE_INTERVAL_SECONDS", default_value_t = 5)]
+    pub autoscale_interval_seconds: u64,
     /// Logs as JSON lines (default) or text.
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
@@ -108,6 +125,15 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// Client for the routers' stats and the pods' metrics.
+    pub http: reqwest::Client,
+    /// Base URLs of the routers' `/internal/stats`.
+    pub router_stats: Vec<String>,
+    /// Autoscaling history per `namespace/llmdeployment/version`.
+    pub scaling: std::sync::Mutex<std::collections::HashMap<String, autoscale::History>>,
+    /// The monotonic clock the autoscaling history counts from.
+    pub started: std::time::Instant,
+    pub autoscale_interval: Duration,
 }
 
 impl Args {
@@ -272,6 +298,11 @@ async fn run_controllers(
             },
         ),
         metrics,
+        http: reqwest::Client::new(),
+        router_stats: args.router_stats_urls.clone(),
+        scaling: Default::default(),
+        started: std::time::Instant::now(),
+        autoscale_interval: Duration::from_secs(args.autoscale_interval_seconds.max(1)),
     });
     let config = kube::runtime::controller::Config::default().concurrency(args.concurrency);
 

@@ -76,6 +76,7 @@ pub fn server_pod_spec(
     if let Some(template) = &spec.engine.chat_template {
         env.push(env_var("FERRY_CHAT_TEMPLATE", template));
     }
+    env.extend(spec.env.iter().map(|e| env_var(&e.name, &e.value)));
     let mut mounts = vec![mount("tmp", "/tmp", false)];
     mounts.extend(delivery.server_mount);
     let http = |path: &str| HTTPGetAction {

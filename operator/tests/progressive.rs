@@ -1,0 +1,605 @@
+//! Progressive delivery on the real local Kubernetes: real `ferry-server` pods (tiny model), a
+//! real `ferry-router` (in this process) taking client traffic and feeding the analysis, and the
+//! operator binary deciding. Numbers are printed for the issue's note.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use common::{Operator, apply, tiny_model_claim, wait_for};
+use ferry_crds::{LLMDeployment, Phase, RolloutState};
+use ferry_e2e::{Cluster, TempNamespace};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A tiny-model ModelVersion on the shared claim, with extra server environment (fault flags).
+fn model_version(name: &str, env: &str) -> String {
+    format!(
+        "apiVersion: serving.ferry.dev/v1alpha1
+kind: ModelVersion
+metadata: {{name: {name}}}
+spec:
+  source: {{pvc: {{claimName: weights}}}}
+  format: gguf
+  files: [tiny-q8_0.gguf]
+  engine: {{maxNumSeqs: 4, maxQueue: 64}}
+  resources: {{gpus: 0}}
+  env: {env}
+"
+    )
+}
+
+/// `ferry-router` serving in this process, watching the test's namespace.
+struct Router {
+    base: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Router {
+    async fn start(ns: &TempNamespace) -> Self {
+        let args = ferry_router::Args::parse_from([
+            "ferry-router",
+            "--watch-namespace",
+            &ns.name,
+            "--log-format",
+            "text",
+            "--threads",
+            "2",
+        ]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let client = Cluster::get().client().await;
+        tokio::spawn(ferry_router::serve_cluster(
+            args,
+            client,
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let http = reqwest::Client::new();
+        wait_for("the router to be ready", Duration::from_secs(30), || {
+            let (http, url) = (http.clone(), format!("{base}/ready"));
+            async move {
+                let ok = http.get(url).send().await.ok()?.status().is_success();
+                ok.then_some(())
+            }
+        })
+        .await;
+        Self {
+            base,
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Clients sending chat completions through the router until stopped, counting answers by the
+/// version that gave them and every failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+    failed: Arc<AtomicU64>,
+    last_failure: Arc<std::sync::Mutex<String>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(router: &Router, model: &str, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok: Arc<std::sync::Mutex<BTreeMap<String, u64>>> = Default::default();
+        let failed = Arc::new(AtomicU64::new(0));
+        let last_failure: Arc<std::sync::Mutex<String>> = Default::default();
+        let http = reqwest::Client::new();
+        let tasks = (0..clients)
+            .map(|i| {
+                let (stop, ok, failed, last_failure, http) = (
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    last_failure.clone(),
+                    http.clone(),
+                );
+                let url = format!("{}/v1/chat/completions", router.base);
+                let body = serde_json::json!({
+                    "model": model,
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 4,
+                    "user": format!("client-{i}"),
+                });
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match http.post(&url).json(&body).send().await {
+                            Ok(r) if r.status().is_success() => {
+                                let version = r
+                                    .headers()
+                                    .get("x-ferry-version")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("?")
+                                    .to_string();
+                                let _ = r.bytes().await;
+                                *ok.lock().unwrap().entry(version).or_default() += 1;
+                            }
+                            Ok(r) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                let status = r.status();
+                                let header = |name: &str| {
+                                    r.headers()
+                                        .get(name)
+                                        .and_then(|v| v.to_str().ok())
+                                        .unwrap_or("-")
+                                        .to_string()
+                                };
+                                let from = format!(
+                                    "version {} pod {}",
+                                    header("x-ferry-version"),
+                                    header("x-ferry-pod")
+                                );
+                                *last_failure.lock().unwrap() = format!(
+                                    "{status} from {from}: {}",
+                                    r.text().await.unwrap_or_default()
+                                );
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                *last_failure.lock().unwrap() = e.to_string();
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            last_failure,
+            tasks,
+        }
+    }
+
+    fn answered_by(&self) -> BTreeMap<String, u64> {
+        self.ok.lock().unwrap().clone()
+    }
+
+    /// Stops the clients (each finishes its request) and returns (answers by version, failures).
+    async fn finish(self) -> (BTreeMap<String, u64>, u64, String) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let ok = self.ok.lock().unwrap().clone();
+        let last = self.last_failure.lock().unwrap().clone();
+        (ok, self.failed.load(Ordering::Relaxed), last)
+    }
+}
+
+struct Setup {
+    ns: TempNamespace,
+    pv: String,
+    llmds: Api<LLMDeployment>,
+    deployments: Api<Deployment>,
+    router: Router,
+}
+
+async fn setup(prefix: &str) -> Setup {
+    let cluster = Cluster::get();
+    let ns = cluster.temp_namespace(prefix);
+    let client = cluster.client().await;
+    let pv = tiny_model_claim(&ns, "weights");
+    let router = Router::start(&ns).await;
+    Setup {
+        llmds: Api::namespaced(client.clone(), &ns.name),
+        deployments: Api::namespaced(client, &ns.name),
+        ns,
+        pv,
+        router,
+    }
+}
+
+impl Setup {
+    fn operator(&self, name: &str, extra: &[&str]) -> Operator {
+        let mut args = vec!["--router-stats-url", &self.router.base];
+        args.extend_from_slice(extra);
+        Operator::start(&self.ns, name, &args)
+    }
+
+    async fn status(&self, name: &str) -> ferry_crds::LLMDeploymentStatus {
+        self.llmds
+            .get(name)
+            .await
+            .ok()
+            .and_then(|d| d.status)
+            .unwrap_or_default()
+    }
+
+    async fn replicas(&self, deployment: &str) -> i32 {
+        self.deployments
+            .get(deployment)
+            .await
+            .ok()
+            .and_then(|d| d.spec?.replicas)
+            .unwrap_or(-1)
+    }
+
+    async fn wait_phase(&self, name: &str, phase: Phase, timeout: Duration) {
+        wait_for(&format!("{name} to be {phase:?}"), timeout, || async {
+            (self.status(name).await.phase == Some(phase)).then_some(())
+        })
+        .await;
+    }
+
+    fn cleanup(&self) {
+        Cluster::get().kubectl(["delete", "pv", &self.pv, "--wait=false"]);
+    }
+}
+
+fn rollout_state(status: &ferry_crds::LLMDeploymentStatus) -> Option<(RolloutState, i32)> {
+    status.rollout.as_ref().map(|r| (r.state, r.step))
+}
+
+#[tokio::test]
+async fn a_good_canary_is_promoted_step_by_step_even_across_an_operator_restart() {
+    let s = setup("pd-good").await;
+    let mut operator = s.operator("op-1", &[]);
+    apply(&s.ns, &model_version("v1", "[]"));
+    apply(&s.ns, &model_version("v2", "[]"));
+    apply(
+        &s.ns,
+        "apiVersion: serving.ferry.dev/v1alpha1
+kind: LLMDeployment
+metadata: {name: chat}
+spec: {stable: v1, replicas: 1}
+",
+    );
+    s.wait_phase("chat", Phase::Available, Duration::from_secs(120))
+        .await;
+    let load = Load::start(&s.router, "chat", 4);
+    apply(
+        &s.ns,
+        "apiVersion: serving.ferry.dev/v1alpha1
+kind: LLMDeployment
+metadata: {name: chat}
+spec:
+  stable: v1
+  replicas: 1
+  canary:
+    version: v2
+    replicas: 1
+    steps: [{weight: 20, pauseSeconds: 0}, {weight: 50, pauseSeconds: 4}]
+    analysis: {intervalSeconds: 3, minRequests: 3, failureLimit: 2}
+    rollbackWindowSeconds: 8
+  slo: {latencyP95Ms: 5000, errorRatePercent: 5}
+",
+    );
+
+    // Every (state, step) the status shows, in order, across a restart of the operator.
+    let mut seen: Vec<(RolloutState, i32)> = Vec::new();
+    let mut restarted = false;
+    let started = Instant::now();
+    loop {
+        let status = s.status("chat").await;
+        if let Some(now) = rollout_state(&status)
+            && seen.last() != Some(&now)
+        {
+            println!("{:>6.1} s: {now:?}", started.elapsed().as_secs_f64());
+            seen.push(now);
+        }
+        if !restarted && seen.last() == Some(&(RolloutState::Analysing, 0)) {
+            // Mid-rollout: kill the operator (no clean shutdown) and start another one.
+            operator.kill();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            operator = s.operator("op-2", &[]);
+            restarted = true;
+        }
+        if seen.last().is_some_and(|s| s.0 == RolloutState::Promoted) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no promotion after 180 s; seen {seen:?}; status {:?}\n{}",
+            s.status("chat").await,
+            operator.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No step repeated or skipped, none went back (Promoting may pass between two polls).
+    let mut steps = seen.clone();
+    steps.retain(|x| x.0 != RolloutState::Promoting);
+    assert_eq!(
+        steps,
+        [
+            (RolloutState::Starting, 0),
+            (RolloutState::Analysing, 0),
+            (RolloutState::Analysing, 1),
+            (RolloutState::Promoted, 1)
+        ],
+        "{seen:?}"
+    );
+    let status = s.status("chat").await;
+    assert_eq!(status.stable_version.as_deref(), Some("v2"));
+    assert_eq!(status.phase, Some(Phase::Promoted));
+    assert_eq!(status.traffic.len(), 1);
+    assert_eq!(status.traffic[0].version, "v2");
+    let analysis = status.last_analysis.expect("an analysis in status");
+    assert_eq!(analysis.verdict, ferry_crds::Verdict::Pass, "{analysis:?}");
+    // The canary really took traffic during the steps, and takes all of it now (requests sent
+    // before the switch have had time to finish).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = load.answered_by();
+    assert!(before.get("v2").copied().unwrap_or(0) > 0, "{before:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = load.answered_by();
+    assert_eq!(
+        after.get("v1"),
+        before.get("v1"),
+        "v1 still answered after the promotion: {before:?} -> {after:?}"
+    );
+    // After the rollback window the previous stable is scaled to zero; the phase settles.
+    s.wait_phase("chat", Phase::Available, Duration::from_secs(60))
+        .await;
+    wait_for("v1 scaled to 0", Duration::from_secs(30), || async {
+        (s.replicas("chat-v1").await == 0).then_some(())
+    })
+    .await;
+    let (answered, failed, last) = load.finish().await;
+    println!("answers by version: {answered:?}; failed: {failed}");
+    assert_eq!(
+        failed, 0,
+        "client requests failed during the rollout: {last}"
+    );
+    s.cleanup();
+}
+
+#[tokio::test]
+async fn a_slow_canary_is_rolled_back_within_the_failure_limit_and_no_request_fails() {
+    let s = setup("pd-bad").await;
+    let operator = s.operator("op", &[]);
+    apply(&s.ns, &model_version("v1", "[]"));
+    apply(
+        &s.ns,
+        &model_version("v2-slow", "[{name: FERRY_FAULT_LATENCY_MS, value: '1500'}]"),
+    );
+    apply(
+        &s.ns,
+        "apiVersion: serving.ferry.dev/v1alpha1
+kind: LLMDeployment
+metadata: {name: chat}
+spec: {stable: v1, replicas: 1}
+",
+    );
+    s.wait_phase("chat", Phase::Available, Duration::from_secs(120))
+        .await;
+    let load = Load::start(&s.router, "chat", 6);
+    apply(
+        &s.ns,
+        "apiVersion: serving.ferry.dev/v1alpha1
+kind: LLMDeployment
+metadata: {name: chat}
+spec:
+  stable: v1
+  replicas: 1
+  canary:
+    version: v2-slow
+    steps: [{weight: 50, pauseSeconds: 60}]
+    analysis: {intervalSeconds: 3, minRequests: 3, failureLimit: 2}
+  slo: {latencyP95Ms: 1000}
+",
+    );
+    let analysing = wait_for(
+        "the canary to take traffic",
+        Duration::from_secs(120),
+        || async {
+            let state = rollout_state(&s.status("chat").await)?;
+            (state.0 == RolloutState::Analysing).then(Instant::now)
+        },
+    )
+    .await;
+    let rolled_back = wait_for("the rollback", Duration::from_secs(60), || async {
+        let status = s.status("chat").await;
+        (status.phase == Some(Phase::RolledBack)).then_some(status)
+    })
+    .await;
+    let to_rollback = analysing.elapsed();
+    // Traffic is back on the stable (the router follows status within milliseconds).
+    let at_rollback = load.answered_by();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = load.answered_by();
+    let (answered, failed, last) = load.finish().await;
+    println!(
+        "canary at 50% -> rolled back: {:.1} s (failureLimit 2 x interval 3 s); answers {answered:?}; failed {failed}",
+        to_rollback.as_secs_f64()
+    );
+    assert!(
+        to_rollback < Duration::from_secs(2 * 3 + 5),
+        "rolled back after {to_rollback:?}"
+    );
+    assert_eq!(rolled_back.traffic.len(), 1);
+    assert_eq!(rolled_back.traffic[0].version, "v1");
+    assert_eq!(rolled_back.stable_version.as_deref(), Some("v1"));
+    let record = rolled_back.rollout.clone().unwrap();
+    assert_eq!(record.state, RolloutState::RolledBack);
+    let message = record.message.unwrap();
+    assert!(
+        message.starts_with("latency p95 ") && message.contains(" ms > 1000 ms over "),
+        "{message}"
+    );
+    let llmd = s.llmds.get("chat").await.unwrap();
+    let condition = llmd
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "RolledBack")
+        .unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "SloBreached")
+    );
+    assert!(condition.message.contains("latency p95"), "{condition:?}");
+    // The spec is untouched (GitOps), the canary is at zero pods, and the stable kept serving.
+    assert_eq!(
+        llmd.spec.canary.as_ref().map(|c| c.version.as_str()),
+        Some("v2-slow")
+    );
+    wait_for("the canary at 0 pods", Duration::from_secs(10), || async {
+        (s.replicas("chat-v2-slow").await == 0).then_some(())
+    })
+    .await;
+    assert!(
+        at_rollback.get("v2-slow").copied().unwrap_or(0) > 0,
+        "{at_rollback:?}"
+    );
+    assert!(
+        later.get("v1") > at_rollback.get("v1"),
+        "{at_rollback:?} -> {later:?}"
+    );
+    assert_eq!(failed, 0, "client requests failed: {last}");
+    // Not retried while the spec stays: still rolled back a while later.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(s.status("chat").await.phase, Some(Phase::RolledBack));
+    let events =
+        s.ns.kubectl(["get", "events", "-o", "jsonpath={.items[*].reason}"])
+            .ok("events");
+    assert!(events.contains("SloBreached"), "{events}");
+    drop(operator);
+    s.cleanup();
+}
+
+#[tokio::test]
+async fn a_queue_burst_scales_the_stable_up_and_it_scales_back_down_after_the_window() {
+    let s = setup("pd-scale").await;
+    let _operator = s.operator("op", &["--autoscale-interval-seconds", "1"]);
+    // Each request holds its engine slot for 2 s, so a burst builds a real queue.
+    apply(
+        &s.ns,
+        &model_version("slow", "[{name: FERRY_FAULT_LATENCY_MS, value: '2000'}]"),
+    );
+    apply(
+        &s.ns,
+        "apiVersion: serving.ferry.dev/v1alpha1
+kind: LLMDeployment
+metadata: {name: chat}
+spec:
+  stable: slow
+  autoscaling: {minReplicas: 1, maxReplicas: 3, targetQueueDepth: 2, scaleDownStabilizationSeconds: 6}
+",
+    );
+    s.wait_phase("chat", Phase::Available, Duration::from_secs(120))
+        .await;
+    assert_eq!(s.replicas("chat-slow").await, 1);
+    let burst = Instant::now();
+    let load = Load::start(&s.router, "chat", 12);
+    let decided = wait_for("a scale-up", Duration::from_secs(10), || async {
+        (s.replicas("chat-slow").await > 1).then(|| burst.elapsed())
+    })
+    .await;
+    wait_for("3 ready pods", Duration::from_secs(60), || async {
+        let status = s.status("chat").await;
+        (status.versions.first()?.ready_replicas == 3).then_some(())
+    })
+    .await;
+    // The cold start of the new pods does not add more than the bound.
+    assert_eq!(s.replicas("chat-slow").await, 3);
+    let queue = s.status("chat").await.versions[0].queue_depth;
+    let (answered, failed, last) = load.finish().await;
+    let stopped = Instant::now();
+    let down = wait_for("the scale-down", Duration::from_secs(60), || async {
+        (s.replicas("chat-slow").await == 1).then(|| stopped.elapsed())
+    })
+    .await;
+    println!(
+        "burst of 12 clients -> scale-up decided after {:.1} s; load stopped -> back to 1 pod after {:.1} s (window 6 s); queue depth seen {queue:?}; answers {answered:?}; failed {failed}",
+        decided.as_secs_f64(),
+        down.as_secs_f64()
+    );
+    assert!(
+        down >= Duration::from_secs(5),
+        "scaled down before the window: {down:?}"
+    );
+    assert_eq!(failed, 0, "client requests failed: {last}");
+    let status = s.status("chat").await;
+    assert_eq!(status.replicas, Some(1), "the scale subresource follows");
+    s.cleanup();
+}
+
+#[tokio::test]
+async fn an_experiment_splits_traffic_by_variant_and_reports_each_variant_in_status() {
+    let s = setup("pd-ab").await;
+    let _operator = s.operator("op", &[]);
+    apply(&s.ns, &model_version("v1", "[]"));
+    apply(&s.ns, &model_version("v2", "[]"));
+    apply(
+        &s.ns,
+        "apiVersion: serving.ferry.dev/v1alpha1
+kind: LLMDeployment
+metadata: {name: chat}
+spec:
+  stable: v1
+  experiment:
+    variants: [{name: control, version: v1, weight: 50}, {name: treatment, version: v2, weight: 50}]
+",
+    );
+    s.wait_phase("chat", Phase::Experimenting, Duration::from_secs(120))
+        .await;
+    wait_for("both variants ready", Duration::from_secs(120), || async {
+        let status = s.status("chat").await;
+        (status
+            .versions
+            .iter()
+            .filter(|v| v.ready_replicas == 1)
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    // Eight users (`client-0` … `client-7`); each always lands on one variant.
+    let load = Load::start(&s.router, "chat", 8);
+    let status = wait_for(
+        "per-variant numbers in status",
+        Duration::from_secs(60),
+        || async {
+            let status = s.status("chat").await;
+            let both = status.variants.len() == 2 && status.variants.iter().all(|v| v.requests > 0);
+            both.then_some(status)
+        },
+    )
+    .await;
+    let (answered, failed, last) = load.finish().await;
+    assert_eq!(failed, 0, "{last}");
+    let traffic: Vec<_> = status
+        .traffic
+        .iter()
+        .map(|t| (t.version.as_str(), t.weight, t.variant.as_deref()))
+        .collect();
+    assert_eq!(
+        traffic,
+        [("v1", 50, Some("control")), ("v2", 50, Some("treatment"))]
+    );
+    for v in &status.variants {
+        assert_eq!(v.error_rate_percent, 0.0, "{v:?}");
+        assert!(
+            v.latency_p95_ms.is_some() && v.completion_tokens > 0,
+            "{v:?}"
+        );
+    }
+    println!(
+        "experiment variants: {:?}; answers {answered:?}",
+        status.variants
+    );
+    s.cleanup();
+}
