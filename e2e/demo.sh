@@ -43,7 +43,7 @@ if [ -f "$RUN/ferry-operator.pid" ] && kill -0 "$(cat "$RUN/ferry-operator.pid")
   kill "$(cat "$RUN/ferry-operator.pid")"; sleep 1
 fi
 nohup target/debug/ferry-operator --server-image "$SERVER_IMAGE" --metrics-address 127.0.0.1:9464 \
-  --router-endpoint http://127.0.0.1:8080/v1 \
+  --router-endpoint http://127.0.0.1:8080/v1 --router-stats-url http://127.0.0.1:8080 \
   --watch-namespace "$NS" --lease-namespace "$NS" --log-format text >"$RUN/ferry-operator.log" 2>&1 &
 echo $! > "$RUN/ferry-operator.pid"
 
