@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_crds::labels::{ANNOTATION_ABORT, ANNOTATION_PAUSE, ANNOTATION_PROMOTE};
-use ferry_crds::{AnalysisResult, LLMDeploymentSpec, RolloutState, RolloutStatus, Verdict};
+use ferry_crds::{AnalysisResult, Canary, LLMDeploymentSpec, RolloutState, RolloutStatus, Verdict};
 use k8s_openapi::jiff::Timestamp;
 
 /// Manual control of a rollout through annotations of the LLMDeployment.
@@ -54,7 +54,8 @@ pub struct Observation {
     pub cold_start_timeout: Duration,
 }
 
-/// An Event to publish about the rollout.
+/// An Event to publish about the rollout's progress. Its end by rollback or failure is not one:
+/// the `RolledBack` condition, with its own Event, reports it from the record's message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
     pub warning: bool,
@@ -191,12 +192,6 @@ pub fn advance(
         r.generation = obs.generation;
     }
     let steps = canary.steps.len().max(1) as i32;
-    let weight_of = |step: i32| {
-        canary
-            .steps
-            .get(step.clamp(0, steps - 1) as usize)
-            .map_or(0, |s| s.weight)
-    };
     let mut requeue = None;
 
     let windowed = in_rollback_window(spec, &r, now);
@@ -207,14 +202,6 @@ pub fn advance(
             RolloutState::RolledBack,
             format!("aborted: annotation {ANNOTATION_ABORT} is true"),
         );
-        notes.push(Note {
-            warning: true,
-            reason: "RolledBack",
-            message: format!(
-                "canary {} aborted by annotation {ANNOTATION_ABORT}; all traffic on {}",
-                r.version, spec.stable
-            ),
-        });
         return Decision {
             record: Some(r),
             notes,
@@ -250,7 +237,7 @@ pub fn advance(
                 r.step = 0;
                 r.step_started_at = Some(timestamp(now));
                 r.last_analysis_at = Some(timestamp(now));
-                notes.push(step_note(&r.version, 0, steps, weight_of(0)));
+                notes.push(step_note(&r.version, 0, steps, step_weight(canary, 0)));
                 requeue = Some(interval);
             } else if seconds_since(now, parse(Some(&r.started_at)))
                 > obs.cold_start_timeout.as_secs_f64()
@@ -262,12 +249,7 @@ pub fn advance(
                     obs.canary_start_pods,
                     obs.cold_start_timeout.as_secs()
                 );
-                finish(&mut r, now, RolloutState::Failed, message.clone());
-                notes.push(Note {
-                    warning: true,
-                    reason: "CanaryFailed",
-                    message,
-                });
+                finish(&mut r, now, RolloutState::Failed, message);
             } else {
                 requeue = Some(POLL);
             }
@@ -280,15 +262,7 @@ pub fn advance(
                         r.failed_analyses += 1;
                         let reason = a.reason.clone().unwrap_or_default();
                         if r.failed_analyses >= limit {
-                            finish(&mut r, now, RolloutState::RolledBack, reason.clone());
-                            notes.push(Note {
-                                warning: true,
-                                reason: "RolledBack",
-                                message: format!(
-                                    "canary {} rolled back after {} failed analyses: {reason}",
-                                    r.version, r.failed_analyses
-                                ),
-                            });
+                            finish(&mut r, now, RolloutState::RolledBack, reason);
                         } else {
                             notes.push(Note {
                                 warning: true,
@@ -310,7 +284,12 @@ pub fn advance(
                             if r.step + 1 < steps {
                                 r.step += 1;
                                 r.step_started_at = Some(timestamp(now));
-                                notes.push(step_note(&r.version, r.step, steps, weight_of(r.step)));
+                                notes.push(step_note(
+                                    &r.version,
+                                    r.step,
+                                    steps,
+                                    step_weight(canary, r.step),
+                                ));
                             } else {
                                 r.state = RolloutState::Promoting;
                                 r.step_started_at = Some(timestamp(now));
@@ -374,14 +353,6 @@ pub fn advance(
                         RolloutState::RolledBack,
                         format!("after promotion: {reason}"),
                     );
-                    notes.push(Note {
-                        warning: true,
-                        reason: "RolledBack",
-                        message: format!(
-                            "promoted {} rolled back to {} within the rollback window: {reason}",
-                            r.version, spec.stable
-                        ),
-                    });
                 }
             }
         }
@@ -396,6 +367,15 @@ pub fn advance(
         notes,
         requeue,
     }
+}
+
+/// The weight of step `step` (from 0; past the last: the last).
+fn step_weight(canary: &Canary, step: i32) -> i32 {
+    let last = canary.steps.len().saturating_sub(1);
+    canary
+        .steps
+        .get((step.max(0) as usize).min(last))
+        .map_or(0, |s| s.weight)
 }
 
 fn finish(r: &mut RolloutStatus, now: Timestamp, state: RolloutState, message: String) {
@@ -444,18 +424,13 @@ pub fn roles(spec: &LLMDeploymentSpec, record: Option<&RolloutStatus>, now: Time
     if r.version != canary.version {
         return roles;
     }
-    let steps = canary.steps.len().max(1) as i32;
-    let weight = |step: i32| {
-        canary
-            .steps
-            .get(step.clamp(0, steps - 1) as usize)
-            .map_or(0, |s| s.weight)
-    };
     match r.state {
         RolloutState::Starting => roles.canary = Some((r.version.clone(), 0)),
-        RolloutState::Analysing => roles.canary = Some((r.version.clone(), weight(r.step))),
+        RolloutState::Analysing => {
+            roles.canary = Some((r.version.clone(), step_weight(canary, r.step)))
+        }
         RolloutState::Promoting => {
-            roles.canary = Some((r.version.clone(), weight(steps - 1)));
+            roles.canary = Some((r.version.clone(), step_weight(canary, i32::MAX)));
             roles.promoting = true;
         }
         RolloutState::Promoted => {
@@ -474,7 +449,7 @@ pub fn roles(spec: &LLMDeploymentSpec, record: Option<&RolloutStatus>, now: Time
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_crds::{Analysis, Canary, CanaryStep};
+    use ferry_crds::{Analysis, CanaryStep};
 
     fn spec() -> LLMDeploymentSpec {
         LLMDeploymentSpec {
