@@ -4,14 +4,20 @@
 use ferry_crds::{AnalysisResult, Slo, VariantStats, Verdict};
 use ferry_router::stats::{Counts, Percentiles, SeriesKey, SeriesSummary, Summary};
 
-/// Everything the routers counted for one version of one model over the window (all variants).
-pub fn version_counts(summary: &Summary, model: &str, version: &str) -> Counts {
+/// Everything the routers counted for one version of one model over the window: all its
+/// variants, or only `variant`.
+pub fn version_counts(
+    summary: &Summary,
+    model: &str,
+    version: &str,
+    variant: Option<&str>,
+) -> Counts {
     let mut counts = Counts::default();
-    for s in summary
-        .series
-        .iter()
-        .filter(|s| s.key.model == model && s.key.version == version)
-    {
+    for s in summary.series.iter().filter(|s| {
+        s.key.model == model
+            && s.key.version == version
+            && variant.is_none_or(|v| s.key.variant == v)
+    }) {
         counts.merge(&s.counts);
     }
     counts
@@ -294,9 +300,10 @@ mod tests {
             series: vec![series("v2", "x", 4)],
         };
         let merged = Summary::merge(&[a, b]);
-        let c = version_counts(&merged, "m", "v2");
+        let c = version_counts(&merged, "m", "v2", None);
         assert_eq!((c.requests, c.errors), (7, 2));
         assert_eq!(c.latency.count, 7);
-        assert_eq!(version_counts(&merged, "other", "v2").requests, 0);
+        assert_eq!(version_counts(&merged, "m", "v2", Some("x")).requests, 4);
+        assert_eq!(version_counts(&merged, "other", "v2", None).requests, 0);
     }
 }

@@ -1,6 +1,7 @@
 //! The LLMDeployment controller: dereference → validate → build → apply → status.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,6 @@ use ferry_crds::{
     RolloutStatus, TrafficTarget, VariantStats, condition::types,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -68,7 +68,8 @@ async fn reconcile_inner(
         .collect();
     let observed = observe(llmd, &versions, ctx);
     let current = llmd.status.clone();
-    let now = Time(Timestamp::now());
+    let at = Timestamp::now();
+    let now = Time(at);
 
     // Validate: an invalid spec leaves running workloads alone and says why.
     let problems = llmd_problems(llmd, &versions);
@@ -95,7 +96,7 @@ async fn reconcile_inner(
     }
 
     // Decide (rollout, experiment, scaling) from status and signals, then build (pure).
-    let decided = decide(llmd, &observed, ctx).await;
+    let decided = decide(llmd, &observed, ctx, at).await;
     let desired = build_plan(llmd, &versions, &observed, &ctx.settings, &decided.plan);
     let mut status = desired.status.clone();
     let mut wanted = desired.conditions.clone();
@@ -153,6 +154,8 @@ struct Decided {
     variants: Vec<VariantStats>,
     notes: Vec<Note>,
     requeue: Duration,
+    /// The time the decisions were made at.
+    now: Timestamp,
 }
 
 /// Runs the rollout machine (with an analysis from the routers when one is due), reads the
@@ -161,10 +164,10 @@ async fn decide(
     llmd: &LLMDeployment,
     observed: &BTreeMap<String, Observed>,
     ctx: &Context,
+    now: Timestamp,
 ) -> Decided {
     let spec = &llmd.spec;
     let model = served_model_name(llmd);
-    let now = Timestamp::now();
     let controls = Controls::from_annotations(llmd.annotations());
     let previous = llmd.status.as_ref().and_then(|s| s.rollout.clone());
     let mut requeue = RESYNC;
@@ -180,7 +183,7 @@ async fn decide(
         analysis = Some(
             match signals::router_summary(&ctx.http, &ctx.router_stats, window).await {
                 Ok(summary) => {
-                    let counts = analysis::version_counts(&summary, &model, &record.version);
+                    let counts = analysis::version_counts(&summary, &model, &record.version, None);
                     analysis::judge(
                         &record.version,
                         &counts,
@@ -195,12 +198,7 @@ async fn decide(
     }
 
     // Pods: the stable's fixed or autoscaled count first, since a promoting canary matches it.
-    let stable_now = match (&previous, &spec.canary) {
-        (Some(r), Some(c)) if r.version == c.version && r.state == RolloutState::Promoted => {
-            r.version.clone()
-        }
-        _ => spec.stable.clone(),
-    };
+    let stable_now = rollout::roles(spec, previous.as_ref(), now).stable;
     let mut queue_depth = BTreeMap::new();
     let stable_pods = size(llmd, &stable_now, None, observed, ctx, &mut queue_depth).await;
     let canary_start = spec.canary.as_ref().map_or(1, |c| c.replicas);
@@ -284,13 +282,9 @@ async fn decide(
         controls,
         analysis,
         variants,
-        notes: decision
-            .notes
-            .into_iter()
-            // The RolledBack condition's own Event says these.
-            .filter(|n| !matches!(n.reason, "RolledBack" | "CanaryFailed"))
-            .collect(),
+        notes: decision.notes,
         requeue,
+        now,
     }
 }
 
@@ -351,8 +345,9 @@ async fn size(
     pods
 }
 
-/// Ready server pods of one version of `llmd`, from the cache.
-fn version_pods(llmd: &LLMDeployment, version: &str, ctx: &Context) -> Vec<Arc<Pod>> {
+/// Addresses of the ready server pods of one version of `llmd`, from the cache (the router's
+/// rule: Ready, an address, not terminating; the container port named `http`).
+fn version_pods(llmd: &LLMDeployment, version: &str, ctx: &Context) -> Vec<SocketAddr> {
     let namespace = llmd.namespace();
     let (owner, version) = (label_value(&llmd.name_any()), label_value(version));
     ctx.pods
@@ -362,8 +357,8 @@ fn version_pods(llmd: &LLMDeployment, version: &str, ctx: &Context) -> Vec<Arc<P
             p.namespace() == namespace
                 && p.labels().get(LABEL_DEPLOYMENT) == Some(&owner)
                 && p.labels().get(LABEL_VERSION) == Some(&version)
-                && signals::pod_ready(p)
         })
+        .filter_map(|p| ferry_router::discovery::ready_address(&p))
         .collect()
 }
 
@@ -381,12 +376,7 @@ async fn experiment_stats(
         .variants
         .iter()
         .map(|v| {
-            let mut counts = ferry_router::stats::Counts::default();
-            for s in summary.series.iter().filter(|s| {
-                s.key.model == model && s.key.version == v.version && s.key.variant == v.name
-            }) {
-                counts.merge(&s.counts);
-            }
+            let counts = analysis::version_counts(&summary, model, &v.version, Some(&v.name));
             analysis::variant_stats(&v.name, &v.version, v.weight, window, &counts)
         })
         .collect()
@@ -472,7 +462,7 @@ fn rollout_status(
         ),
     };
     set(wanted, rolled_back);
-    let now = Timestamp::now();
+    let now = decided.now;
     match decided.record.as_ref().map(|r| r.state) {
         Some(RolloutState::Starting | RolloutState::Analysing | RolloutState::Promoting) => {
             let r = decided.record.as_ref().expect("a record");

@@ -1,11 +1,10 @@
 //! What the decisions read from outside the API server: the routers' per-version statistics and
 //! the server pods' queue depth.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferry_router::stats::Summary;
-use k8s_openapi::api::core::v1::Pod;
 
 /// How long one router or pod may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,23 +53,11 @@ pub async fn router_summary(
     ))
 }
 
-/// Whether a pod can serve: Ready, with an address, not terminating.
-pub fn pod_ready(pod: &Pod) -> bool {
-    let status = pod.status.as_ref();
-    pod.metadata.deletion_timestamp.is_none()
-        && status.and_then(|s| s.pod_ip.as_ref()).is_some()
-        && status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Sum of `ferry_queue_depth` over `pods`, and whether every pod answered.
-pub async fn queue_depth(http: &reqwest::Client, pods: &[Arc<Pod>]) -> (u64, bool) {
-    let reads = pods.iter().map(|pod| async move {
-        let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
-        let url = format!("http://{ip}:{}/metrics", ferry_crds::labels::SERVER_PORT);
+/// Sum of `ferry_queue_depth` over the pods at `addresses`, and whether every pod answered.
+pub async fn queue_depth(http: &reqwest::Client, addresses: &[SocketAddr]) -> (u64, bool) {
+    let reads = addresses.iter().map(|address| async move {
         let text = http
-            .get(&url)
+            .get(format!("http://{address}/metrics"))
             .timeout(TIMEOUT)
             .send()
             .await

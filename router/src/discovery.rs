@@ -142,7 +142,7 @@ fn route_for(
 }
 
 /// The address to send requests to, if the pod is ready and not shutting down.
-fn ready_address(pod: &Pod) -> Option<SocketAddr> {
+pub fn ready_address(pod: &Pod) -> Option<SocketAddr> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
