@@ -259,39 +259,33 @@ async fn handle(
             .map(str::to_string),
         Sticky::ApiKey => key_id.clone(),
     };
-    let (backend, route_model) = wait_for_backend(app, &model, started, &sticky_key).await?;
-    let series = SeriesKey {
-        model: route_model,
-        version: backend.version.clone(),
-        variant: backend.variant.clone().unwrap_or_default(),
-    };
-    let body_again = body.clone();
-    let mut response = forward(
-        app,
-        &backend,
-        &series,
-        path,
-        headers,
-        body,
-        started,
-        key_id.clone(),
-        true,
-    )
-    .await?;
-    if matches!(response, Forwarded::Spill) {
-        // Every pod of that version is going away (a rolled-back canary, a scale-down): its
-        // pods are now skipped, so the table gives another version, or waits for one.
+    // A spill (every pod of the chosen version draining: a rolled-back canary, a scale-down)
+    // chooses once more: those pods are now skipped, so the table gives another version.
+    let mut spill = true;
+    let response = loop {
         let (backend, route_model) = wait_for_backend(app, &model, started, &sticky_key).await?;
         let series = SeriesKey {
             model: route_model,
             version: backend.version.clone(),
             variant: backend.variant.clone().unwrap_or_default(),
         };
-        response = forward(
-            app, &backend, &series, path, headers, body_again, started, key_id, false,
+        let forwarded = forward(
+            app,
+            &backend,
+            &series,
+            path,
+            headers,
+            body.clone(),
+            started,
+            key_id.clone(),
+            spill,
         )
         .await?;
-    }
+        match forwarded {
+            Forwarded::Spill => spill = false,
+            answer => break answer,
+        }
+    };
     Ok(match (guard, response) {
         (Some(guard), Forwarded::Whole(stored)) => {
             let response = replayable(&stored, false);
@@ -300,14 +294,7 @@ async fn handle(
         }
         (_, Forwarded::Whole(stored)) => replayable(&stored, false),
         (_, Forwarded::Stream(response)) => response,
-        (_, Forwarded::Spill) => {
-            return Err(RouterError::Upstream {
-                model,
-                version: backend.version,
-                attempts: 2,
-                last: "every pod answered 503 (draining)".into(),
-            });
-        }
+        (_, Forwarded::Spill) => unreachable!("a spill is answered by choosing again"),
     })
 }
 
