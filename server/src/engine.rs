@@ -204,24 +204,22 @@ impl Engine {
     /// mistral.rs starts a new one when the sender is next asked for: the request, which has not
     /// started, is submitted once more rather than failed.
     async fn submit(&self, request: mistralrs::Request) -> Result<(), ApiError> {
-        let mut request = request;
-        for attempt in 0..2 {
-            let sender = self
-                .model
+        let sender = || {
+            self.model
                 .inner()
                 .get_sender(None)
-                .map_err(|e| ApiError::Engine(e.to_string()))?;
-            match sender.send(request).await {
-                Ok(()) => return Ok(()),
-                Err(tokio::sync::mpsc::error::SendError(back)) if attempt == 0 => {
-                    tracing::warn!("the engine loop had stopped; submitting to the restarted one");
-                    request = back;
-                    tokio::time::sleep(ENGINE_REBOOT_WAIT).await;
-                }
-                Err(e) => return Err(ApiError::Engine(e.to_string())),
-            }
-        }
-        Err(ApiError::Engine("the engine loop is not running".into()))
+                .map_err(|e| ApiError::Engine(e.to_string()))
+        };
+        let Err(tokio::sync::mpsc::error::SendError(request)) = sender()?.send(request).await
+        else {
+            return Ok(());
+        };
+        tracing::warn!("the engine loop had stopped; submitting to the restarted one");
+        tokio::time::sleep(ENGINE_REBOOT_WAIT).await;
+        sender()?
+            .send(request)
+            .await
+            .map_err(|e| ApiError::Engine(e.to_string()))
     }
 
     /// Starts a generation; events arrive on the returned channel until `Finish` or `Error`.
