@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use common::{Operator, apply, tiny_model_claim, wait_for};
+use common::{Operator, apply, llm_deployment, tiny_model_claim, wait_for};
 use ferry_crds::{LLMDeployment, Phase, RolloutState};
 use ferry_e2e::{Cluster, TempNamespace};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -243,9 +243,27 @@ impl Setup {
         .await;
     }
 
+    /// LLMDeployment `chat` serving `stable` on one pod, once it is Available.
+    async fn serve_stable(&self, stable: &str) {
+        apply(&self.ns, &llm_deployment("chat", stable, 1));
+        self.wait_phase("chat", Phase::Available, Duration::from_secs(120))
+            .await;
+    }
+
     fn cleanup(&self) {
         Cluster::get().kubectl(["delete", "pv", &self.pv, "--wait=false"]);
     }
+}
+
+/// `chat` on `v1` (one pod) rolling out `canary` (the flow-style `spec.canary`), judged by `slo`.
+fn with_canary(canary: &str, slo: &str) -> String {
+    format!(
+        "apiVersion: serving.ferry.dev/v1alpha1
+kind: LLMDeployment
+metadata: {{name: chat}}
+spec: {{stable: v1, replicas: 1, servedModelName: chat, canary: {canary}, slo: {slo}}}
+"
+    )
 }
 
 fn rollout_state(status: &ferry_crds::LLMDeploymentStatus) -> Option<(RolloutState, i32)> {
@@ -258,33 +276,15 @@ async fn a_good_canary_is_promoted_step_by_step_even_across_an_operator_restart(
     let mut operator = s.operator("op-1", &[]);
     apply(&s.ns, &model_version("v1", "[]"));
     apply(&s.ns, &model_version("v2", "[]"));
-    apply(
-        &s.ns,
-        "apiVersion: serving.ferry.dev/v1alpha1
-kind: LLMDeployment
-metadata: {name: chat}
-spec: {stable: v1, replicas: 1}
-",
-    );
-    s.wait_phase("chat", Phase::Available, Duration::from_secs(120))
-        .await;
+    s.serve_stable("v1").await;
     let load = Load::start(&s.router, "chat", 4);
     apply(
         &s.ns,
-        "apiVersion: serving.ferry.dev/v1alpha1
-kind: LLMDeployment
-metadata: {name: chat}
-spec:
-  stable: v1
-  replicas: 1
-  canary:
-    version: v2
-    replicas: 1
-    steps: [{weight: 20, pauseSeconds: 0}, {weight: 50, pauseSeconds: 4}]
-    analysis: {intervalSeconds: 3, minRequests: 3, failureLimit: 2}
-    rollbackWindowSeconds: 8
-  slo: {latencyP95Ms: 5000, errorRatePercent: 5}
-",
+        &with_canary(
+            "{version: v2, replicas: 1, steps: [{weight: 20, pauseSeconds: 0}, {weight: 50, pauseSeconds: 4}], \
+             analysis: {intervalSeconds: 3, minRequests: 3, failureLimit: 2}, rollbackWindowSeconds: 8}",
+            "{latencyP95Ms: 5000, errorRatePercent: 5}",
+        ),
     );
 
     // Every (state, step) the status shows, in order, across a restart of the operator.
@@ -374,31 +374,15 @@ async fn a_slow_canary_is_rolled_back_within_the_failure_limit_and_no_request_fa
         &s.ns,
         &model_version("v2-slow", "[{name: FERRY_FAULT_LATENCY_MS, value: '1500'}]"),
     );
-    apply(
-        &s.ns,
-        "apiVersion: serving.ferry.dev/v1alpha1
-kind: LLMDeployment
-metadata: {name: chat}
-spec: {stable: v1, replicas: 1}
-",
-    );
-    s.wait_phase("chat", Phase::Available, Duration::from_secs(120))
-        .await;
+    s.serve_stable("v1").await;
     let load = Load::start(&s.router, "chat", 6);
     apply(
         &s.ns,
-        "apiVersion: serving.ferry.dev/v1alpha1
-kind: LLMDeployment
-metadata: {name: chat}
-spec:
-  stable: v1
-  replicas: 1
-  canary:
-    version: v2-slow
-    steps: [{weight: 50, pauseSeconds: 60}]
-    analysis: {intervalSeconds: 3, minRequests: 3, failureLimit: 2}
-  slo: {latencyP95Ms: 1000}
-",
+        &with_canary(
+            "{version: v2-slow, steps: [{weight: 50, pauseSeconds: 60}], \
+             analysis: {intervalSeconds: 3, minRequests: 3, failureLimit: 2}}",
+            "{latencyP95Ms: 1000}",
+        ),
     );
     let analysing = wait_for(
         "the canary to take traffic",
