@@ -233,8 +233,15 @@ async fn decide(
         let pods = if roles.promoting {
             stable_pods
         } else {
-            let bounds = Some((canary_start, canary_start));
-            size(llmd, canary, bounds, observed, ctx, &mut queue_depth).await
+            size(
+                llmd,
+                canary,
+                Some(canary_start),
+                observed,
+                ctx,
+                &mut queue_depth,
+            )
+            .await
         };
         replicas.insert(canary.clone(), pods);
         if *weight > 0 {
@@ -299,21 +306,21 @@ fn target(version: &str, weight: i32, variant: Option<&str>) -> TrafficTarget {
     }
 }
 
-/// Pods for `version`: fixed (`bounds` given and no autoscaling: its lower bound; otherwise
-/// `spec.replicas`), or autoscaled from the queue depth of its ready pods within the
-/// autoscaling bounds (a canary's lower bound is its `replicas`).
+/// Pods for `version`: fixed (a canary's `canary_min`, else `spec.replicas`), or autoscaled from
+/// the queue depth of its ready pods within the autoscaling bounds (a canary's lower bound is its
+/// `canary_min`).
 async fn size(
     llmd: &LLMDeployment,
     version: &str,
-    bounds: Option<(i32, i32)>,
+    canary_min: Option<i32>,
     observed: &BTreeMap<String, Observed>,
     ctx: &Context,
     queue_depth: &mut BTreeMap<String, i64>,
 ) -> i32 {
     let Some(a) = &llmd.spec.autoscaling else {
-        return bounds.map_or(llmd.spec.fixed_replicas(), |(min, _)| min);
+        return canary_min.unwrap_or_else(|| llmd.spec.fixed_replicas());
     };
-    let min = bounds.map_or(a.min_replicas, |(min, _)| min.min(a.max_replicas));
+    let min = canary_min.map_or(a.min_replicas, |min| min.min(a.max_replicas));
     let policy = autoscale::Policy {
         min,
         max: a.max_replicas.max(min),
