@@ -50,11 +50,13 @@ async fn reconcile_inner(
     ctx: &Context,
 ) -> Result<(&'static str, Duration), Error> {
     ctx.caches_ready().await;
+    let namespace = llmd.namespace().unwrap_or_default();
     if llmd.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the children.
+        ctx.metrics
+            .llm_deployment(&namespace, &llmd.name_any(), None);
         return Ok(("deleting", RESYNC));
     }
-    let namespace = llmd.namespace().unwrap_or_default();
 
     // Dereference: the ModelVersions it names, from the cache.
     let versions: BTreeMap<String, ModelVersion> = referenced_versions(llmd)
@@ -91,6 +93,8 @@ async fn reconcile_inner(
         );
         status.conditions = conditions;
         apply_status(&ctx.client, llmd, current.as_ref(), &status, &ctx.metrics).await?;
+        ctx.metrics
+            .llm_deployment(&namespace, &llmd.name_any(), Some(&status));
         publish(&ctx.recorder, llmd, transitions, &ctx.metrics).await;
         return Ok(("invalid", RESYNC));
     }
@@ -127,6 +131,8 @@ async fn reconcile_inner(
     let (conditions, mut transitions) = merge(previous, &wanted, llmd.metadata.generation, &now);
     status.conditions = conditions;
     apply_status(&ctx.client, llmd, current.as_ref(), &status, &ctx.metrics).await?;
+    ctx.metrics
+        .llm_deployment(&namespace, &llmd.name_any(), Some(&status));
     transitions.extend(decided.notes.iter().map(|n| Transition {
         type_: if n.warning {
             EventType::Warning
@@ -180,21 +186,19 @@ async fn decide(
     ) {
         let time = rollout::timestamp(now);
         let slo = spec.slo.clone().unwrap_or_default();
-        analysis = Some(
-            match signals::router_summary(&ctx.http, &ctx.router_stats, window).await {
-                Ok(summary) => {
-                    let counts = analysis::version_counts(&summary, &model, &record.version, None);
-                    analysis::judge(
-                        &record.version,
-                        &counts,
-                        &slo,
-                        canary.analysis.min_requests,
-                        time,
-                    )
-                }
-                Err(e) => analysis::unavailable(&record.version, &e, time),
-            },
-        );
+        analysis = Some(match ctx.routers.summary(&ctx.http, window).await {
+            Ok(summary) => {
+                let counts = analysis::version_counts(&summary, &model, &record.version, None);
+                analysis::judge(
+                    &record.version,
+                    &counts,
+                    &slo,
+                    canary.analysis.min_requests,
+                    time,
+                )
+            }
+            Err(e) => analysis::unavailable(&record.version, &e, time),
+        });
     }
 
     // Pods: the stable's fixed or autoscaled count first, since a promoting canary matches it.
@@ -376,7 +380,7 @@ async fn experiment_stats(
     ctx: &Context,
 ) -> Vec<VariantStats> {
     let window = ferry_router::stats::MAX_WINDOW.as_secs();
-    let Ok(summary) = signals::router_summary(&ctx.http, &ctx.router_stats, window).await else {
+    let Ok(summary) = ctx.routers.summary(&ctx.http, window).await else {
         return Vec::new();
     };
     experiment

@@ -91,14 +91,24 @@ pub struct Args {
     /// LLMDeployments reconciled at once.
     #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
-    /// Base URL of each router replica whose `/internal/stats` the canary analysis and the
-    /// experiment status read (comma-separated in the environment variable); their numbers are
-    /// merged.
+    /// Label selector of the router pods whose `/internal/stats` the canary analysis and the
+    /// experiment status read (every ready pod's `http` port; their numbers are merged). Empty:
+    /// find no router pods, use `--router-stats-url` only.
+    #[arg(
+        long,
+        env = "FERRY_ROUTER_SELECTOR",
+        default_value = "app.kubernetes.io/name=ferry-router"
+    )]
+    pub router_selector: String,
+    /// Namespace of the router pods (default: the operator's own, `POD_NAMESPACE`).
+    #[arg(long, env = "FERRY_ROUTER_NAMESPACE")]
+    pub router_namespace: Option<String>,
+    /// Base URL of a router whose `/internal/stats` is read as well (repeatable; comma-separated
+    /// in the environment variable), e.g. a router outside the cluster.
     #[arg(
         long = "router-stats-url",
         env = "FERRY_ROUTER_STATS_URLS",
-        value_delimiter = ',',
-        default_value = "http://ferry-router.ferry-system.svc:8080"
+        value_delimiter = ','
     )]
     pub router_stats_urls: Vec<String>,
     /// Seconds between two looks at the pods' queue depth for LLMDeployments with autoscaling.
@@ -127,8 +137,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Client for the routers' stats and the pods' metrics.
     pub http: reqwest::Client,
-    /// Base URLs of the routers' `/internal/stats`.
-    pub router_stats: Vec<String>,
+    /// Where the routers' `/internal/stats` are.
+    pub routers: signals::Routers,
     /// Autoscaling history per `namespace/llmdeployment/version`.
     pub scaling: std::sync::Mutex<std::collections::HashMap<String, autoscale::History>>,
     /// The monotonic clock the autoscaling history counts from.
@@ -299,7 +309,20 @@ async fn run_controllers(
         ),
         metrics,
         http: reqwest::Client::new(),
-        router_stats: args.router_stats_urls.clone(),
+        routers: signals::Routers {
+            pods: (!args.router_selector.trim().is_empty()).then(|| {
+                (
+                    Api::namespaced(
+                        client.clone(),
+                        args.router_namespace
+                            .as_deref()
+                            .unwrap_or(&args.lease_namespace),
+                    ),
+                    args.router_selector.clone(),
+                )
+            }),
+            urls: args.router_stats_urls.clone(),
+        },
         scaling: Default::default(),
         started: std::time::Instant::now(),
         autoscale_interval: Duration::from_secs(args.autoscale_interval_seconds.max(1)),
@@ -311,6 +334,19 @@ async fn run_controllers(
         .owns_stream(deployment_stream)
         .owns_stream(service_stream);
     let llmd_store = llmds.store();
+    // A deleted LLMDeployment is not reconciled again: drop its gauges from here.
+    let (live, metrics) = (llmd_store.clone(), ctx.metrics.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let names = live
+                .state()
+                .iter()
+                .map(|d| (d.namespace().unwrap_or_default(), d.name_any()))
+                .collect();
+            metrics.keep_llm_deployments(&names);
+        }
+    });
     let by_version = move |mv: ModelVersion| {
         let name = mv.name_any();
         let namespace = mv.namespace();

@@ -5,20 +5,54 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferry_router::stats::Summary;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 
 /// How long one router or pod may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The merged `/internal/stats?window=…` of every router (several replicas count together). Routers
-/// that do not answer are left out; an error only when none answered.
-pub async fn router_summary(
+/// Where the routers are: the ready pods matching a label selector in one namespace (found anew
+/// at each read, so replicas that come and go are counted), and fixed base URLs.
+pub struct Routers {
+    pub pods: Option<(Api<Pod>, String)>,
+    pub urls: Vec<String>,
+}
+
+impl Routers {
+    /// The merged `/internal/stats?window=…` of every router (several replicas count together).
+    /// Routers that do not answer are left out; an error only when none answered.
+    pub async fn summary(
+        &self,
+        http: &reqwest::Client,
+        window_seconds: u64,
+    ) -> Result<Summary, String> {
+        let mut bases = self.urls.clone();
+        if let Some((api, selector)) = &self.pods {
+            match api.list(&ListParams::default().labels(selector)).await {
+                Ok(pods) => bases.extend(
+                    pods.items
+                        .iter()
+                        .filter_map(ferry_router::discovery::ready_address)
+                        .map(|address| format!("http://{address}")),
+                ),
+                Err(e) => tracing::warn!(error = %e, %selector, "cannot list the router pods"),
+            }
+        }
+        if bases.is_empty() {
+            let selector = self.pods.as_ref().map_or("", |(_, s)| s.as_str());
+            return Err(format!(
+                "no ready router found (pods matching {selector:?}, --router-stats-url)"
+            ));
+        }
+        summary_of(http, &bases, window_seconds).await
+    }
+}
+
+async fn summary_of(
     http: &reqwest::Client,
     routers: &[String],
     window_seconds: u64,
 ) -> Result<Summary, String> {
-    if routers.is_empty() {
-        return Err("no router stats URL configured (--router-stats-url)".into());
-    }
     let fetches = routers.iter().map(|base| async move {
         let url = format!(
             "{}/internal/stats?window={window_seconds}s",

@@ -49,6 +49,7 @@ fn init_logging(format: config::LogFormat) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         config::LogFormat::Json => builder.json().flatten_event(true).init(),
