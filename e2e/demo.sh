@@ -1,20 +1,52 @@
 #!/bin/bash
 # Ferry's main job, one command: a real local Kubernetes running Ferry, serving SmolLM2.
 # Builds what is missing (first run: ~8 min for Kubernetes from Debian's source, ~15 min for
-# mistral.rs), starts the cluster (or reuses a running one), installs the CRDs, builds the
-# ferry-server image and a SmolLM2 model image, starts the operator and the router, applies
-# manifests/quickstart.yaml, waits until the model is Available, asks it a question through the
-# router's OpenAI API, shows an invalid resource being rejected, and leaves everything running.
-# Needs root.
+# mistral.rs), starts the cluster (or reuses a running one), builds the images of ferry-server,
+# ferry-operator, ferry-router and a SmolLM2 model image, installs Ferry with its Helm chart,
+# applies manifests/quickstart.yaml, waits until the model is Available, asks it a question with
+# the openai client through the router, then rolls out a canary to promotion and a faulty canary
+# to an automatic rollback under client load, shows an invalid resource being rejected, and leaves
+# everything running. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${FERRY_KUBE_RUN:-/tmp/ferry-kube}
 NS=${FERRY_DEMO_NAMESPACE:-ferry-demo}
+ROUTER_IP=${FERRY_ROUTER_IP:-10.0.0.80}   # the router Service's fixed address (Services: 10.0.0.0/24)
+API=http://$ROUTER_IP:8080/v1
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+phase() { kubectl get llmd smollm2 -n "$NS" -o jsonpath='{.status.phase}' 2>/dev/null; }
+stable() { kubectl get llmd smollm2 -n "$NS" -o jsonpath='{.status.stableVersion}' 2>/dev/null; }
+# watch_llmd CONDITION SECONDS: prints `kubectl get llmd` when it changes until CONDITION holds.
+watch_llmd() {
+  local last="" t0=$SECONDS line
+  while true; do
+    line=$(kubectl get llmd smollm2 -n "$NS" --no-headers 2>/dev/null | tr -s ' ' | sed 's/ [^ ]*$//')
+    [ "$line" != "$last" ] && echo "  [$((SECONDS - t0))s] $line" && last=$line
+    eval "$1" && return 0
+    [ $((SECONDS - t0)) -ge "$2" ] && { echo "timed out after $2 s" >&2; kubectl describe llmd smollm2 -n "$NS" >&2; stop_load; exit 1; }
+    sleep 1
+  done
+}
+# Background clients (3 at a time) sending short completions through the router while versions
+# change (short, because SmolLM2 on 2 shared CPU cores takes ~1 s per request).
+LOAD=$RUN/demo-load
+start_load() {
+  : > "$LOAD.ok"; : > "$LOAD.failed"; rm -f "$LOAD.stop"
+  for c in 1 2 3; do
+    ( while [ ! -f "$LOAD.stop" ]; do
+        code=$(curl -s -o /dev/null -w '%{http_code}' -m 60 "$API/completions" -H 'content-type: application/json' \
+          -d '{"model": "smollm2", "prompt": "My favourite colour is", "max_tokens": 4}')
+        [ "$code" = 200 ] && echo . >> "$LOAD.ok" || echo "$code" >> "$LOAD.failed"
+      done ) &
+  done
+}
+stop_load() { touch "$LOAD.stop"; wait; rm -f "$LOAD.stop"; }
+load_report() { echo "  client requests so far: $(wc -l < "$LOAD.ok") succeeded, $(wc -l < "$LOAD.failed") failed"; }
 
 step "Checking the local Kubernetes build (cached in ${FERRY_CACHE:-$HOME/.cache/ferry}/kube)"
 TOOLS=$(bash e2e/cluster/ensure.sh | tail -1)
 export KUBECONFIG=$RUN/kubeconfig PATH=$TOOLS:$PATH
+VENV=${FERRY_CACHE:-$HOME/.cache/ferry}/venv
 if [ -f "$RUN/apiserver.pid" ] && kill -0 "$(cat "$RUN/apiserver.pid")" 2>/dev/null; then
   step "Using the local Kubernetes already running at $RUN"
 else
@@ -23,56 +55,68 @@ else
 fi
 kubectl get nodes -o wide
 
-step "Installing Ferry's CRDs (charts/ferry/crds)"
-# --validate=false: kubectl's client-side check against a 1.20 server does not know the CEL rules
-# (x-kubernetes-validations); the server drops them and the operator enforces the same rules.
-kubectl apply --validate=false -f charts/ferry/crds/
-kubectl wait --for=condition=Established --timeout=60s crd/modelversions.serving.ferry.dev crd/llmdeployments.serving.ferry.dev
-
-step "Building Ferry (first run compiles mistral.rs: ~15 min) and the ferry-server image"
+step "Building Ferry (first run compiles mistral.rs: ~15 min) and its images (no docker: OCI tarballs imported into containerd)"
 MODELS=$(bash e2e/models/fetch.sh | tail -1)
-SERVER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/server-image.sh | tail -1)
-echo "server image: $SERVER_IMAGE"
+for b in server operator router; do
+  ref=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh $b | tail -1)
+  echo "  $b image: $ref"; eval "IMG_${b^^}=\${ref}"
+done
+FERRY_KUBE_RUN=$RUN bash e2e/cluster/images.sh model "$MODELS/smollm2" localhost/ferry/model-smollm2:0.1.2 | tail -1 | sed 's/^/  model image: /'
+# Earlier demos ran the operator and the router on the host; the chart runs them in the cluster.
+for p in ferry-operator ferry-router; do
+  [ -f "$RUN/$p.pid" ] && kill "$(cat "$RUN/$p.pid")" 2>/dev/null; rm -f "$RUN/$p.pid"
+done
 
-step "Packaging SmolLM2 as a model image (busybox + the GGUF under /models)"
-FERRY_KUBE_RUN=$RUN bash e2e/cluster/images.sh model "$MODELS/smollm2" localhost/ferry/model-smollm2:0.1.2 | tail -1
+step "Installing (or updating) Ferry's CRDs (charts/ferry/crds; helm installs CRDs but never updates them)"
+# --validate=false: kubectl's client-side check against a 1.20 server does not know the CEL rules.
+kubectl apply --validate=false -f charts/ferry/crds/ | sed 's/^/  /'
 
-step "Starting ferry-operator for namespace $NS (logs: $RUN/ferry-operator.log)"
-kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-if [ -f "$RUN/ferry-operator.pid" ] && kill -0 "$(cat "$RUN/ferry-operator.pid")" 2>/dev/null; then
-  kill "$(cat "$RUN/ferry-operator.pid")"; sleep 1
-fi
-nohup target/debug/ferry-operator --server-image "$SERVER_IMAGE" --metrics-address 127.0.0.1:9464 \
-  --router-endpoint http://127.0.0.1:8080/v1 --router-stats-url http://127.0.0.1:8080 \
-  --watch-namespace "$NS" --lease-namespace "$NS" --log-format text >"$RUN/ferry-operator.log" 2>&1 &
-echo $! > "$RUN/ferry-operator.pid"
-
-step "Starting ferry-router, the OpenAI endpoint, on http://127.0.0.1:8080/v1 (logs: $RUN/ferry-router.log)"
-if [ -f "$RUN/ferry-router.pid" ] && kill -0 "$(cat "$RUN/ferry-router.pid")" 2>/dev/null; then
-  kill "$(cat "$RUN/ferry-router.pid")"; sleep 1
-fi
-nohup target/debug/ferry-router --host 127.0.0.1 --port 8080 --watch-namespace "$NS" \
-  --log-format text >"$RUN/ferry-router.log" 2>&1 &
-echo $! > "$RUN/ferry-router.pid"
+step "helm install ferry charts/ferry (CRDs, operator x2 with leader election, router, RBAC, dashboard)"
+# --server-side=false: Helm 4's server-side apply checks CRDs against the server's schema, and a
+# 1.20 API server does not know x-kubernetes-validations (its CEL rules are enforced by the operator).
+helm upgrade --install ferry charts/ferry -n ferry-system --create-namespace --server-side=false \
+  --set images.server.repository="${IMG_SERVER%:*}",images.server.tag="${IMG_SERVER##*:}" \
+  --set images.operator.repository="${IMG_OPERATOR%:*}",images.operator.tag="${IMG_OPERATOR##*:}" \
+  --set images.router.repository="${IMG_ROUTER%:*}",images.router.tag="${IMG_ROUTER##*:}" \
+  --set router.service.clusterIP=$ROUTER_IP --set watchNamespace="$NS" --set logFormat=text \
+  --wait --timeout 180s | grep -v '^$' | sed 's/^/  /'
+kubectl get deploy,svc,pods -n ferry-system
 
 step "Applying manifests/quickstart.yaml (a ModelVersion and an LLMDeployment) in namespace $NS"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+# A rerun tells the story from the start: the LLMDeployment of an earlier run goes first.
+kubectl delete llmd smollm2 -n "$NS" --ignore-not-found --wait=true
 kubectl apply --validate=false -n "$NS" -f manifests/quickstart.yaml
 
-step "Waiting until the LLMDeployment is Available (pull, weight copy, model load, warm-up)"
-for i in $(seq 1 180); do
-  kubectl get llmd smollm2 -n "$NS" --no-headers 2>/dev/null | tr -s ' ' | sed "s/^/  [${i}s] /"
-  [ "$(kubectl get llmd smollm2 -n "$NS" -o jsonpath='{.status.phase}')" = Available ] && break
-  sleep 2
-done
-kubectl wait --for=condition=Available --timeout=10s llmd/smollm2 -n "$NS"
+step "Waiting until the LLMDeployment is Available (image copy, model load, warm-up)"
+watch_llmd '[ "$(phase)" = Available ]' 180
 kubectl get mv,llmd,deploy,svc,pods -n "$NS"
 
-step "Asking SmolLM2 through the router's OpenAI API at http://127.0.0.1:8080/v1"
-for i in $(seq 1 30); do curl -sf http://127.0.0.1:8080/ready >/dev/null && break; sleep 1; done
-curl -sS -D "$RUN/demo-headers" "http://127.0.0.1:8080/v1/chat/completions" -H 'content-type: application/json' \
-  -d '{"model": "smollm2", "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}], "max_tokens": 40, "temperature": 0}' \
-  | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  answer:", r["choices"][0]["message"]["content"].strip()); print("  usage: ", r["usage"])'
-grep -i '^x-ferry' "$RUN/demo-headers" | sed 's/^/  /'
+step "Asking SmolLM2 with the official openai Python client through the router at $API"
+"$VENV/bin/python" - "$API" <<'PY'
+import sys, openai
+client = openai.OpenAI(base_url=sys.argv[1], api_key="none")
+raw = client.chat.completions.with_raw_response.create(model="smollm2", max_tokens=40, temperature=0,
+    messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}])
+r = raw.parse()
+print("  answer:", r.choices[0].message.content.strip())
+print("  usage: ", r.usage.prompt_tokens, "prompt +", r.usage.completion_tokens, "completion tokens")
+print("  served by version", raw.headers["x-ferry-version"], "pod", raw.headers["x-ferry-pod"])
+PY
+
+step "Canary: smollm2-135m-q4-b16 (manifests/demo/canary.yaml) takes 50% of the traffic, is analysed, promoted"
+start_load
+kubectl apply --validate=false -n "$NS" -f manifests/demo/canary.yaml
+watch_llmd '[ "$(stable)" = smollm2-135m-q4-b16 ] && [ "$(phase)" = Available ]' 300
+kubectl get events -n "$NS" --field-selector involvedObject.kind=LLMDeployment --sort-by=.lastTimestamp | tail -6
+load_report
+
+step "Faulty canary: smollm2-135m-q4-slow (8 s of injected latency, SLO 6 s) is rolled back on its own"
+kubectl apply --validate=false -n "$NS" -f manifests/demo/canary-faulty.yaml
+watch_llmd '[ "$(phase)" = RolledBack ]' 300
+echo "  RolledBack: $(kubectl get llmd smollm2 -n "$NS" -o jsonpath='{.status.conditions[?(@.type=="RolledBack")].message}')"
+stop_load
+load_report
 
 step "Invalid resources are rejected with a specific message (manifests/invalid/llmd-canary-weight-100.yaml)"
 if kubectl apply --validate=false -n "$NS" -f manifests/invalid/llmd-canary-weight-100.yaml; then
@@ -84,12 +128,12 @@ cat <<EOM
 Ferry serves SmolLM2 on a local Kubernetes, which keeps running. Talk to it with:
   export KUBECONFIG=$KUBECONFIG PATH=$TOOLS:\$PATH
   kubectl get llmd,mv -n $NS
-  curl http://127.0.0.1:8080/v1/models
-  curl http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \\
+  curl $API/models
+  curl $API/chat/completions -H 'content-type: application/json' \\
     -d '{"model": "smollm2", "messages": [{"role": "user", "content": "Hi!"}]}'
-  curl 'http://127.0.0.1:8080/internal/stats?window=5m'   # per-version latency, errors, tokens
+  curl 'http://$ROUTER_IP:8080/internal/stats?window=5m'   # per-version latency, errors, tokens
+  kubectl logs -n ferry-system deploy/ferry-operator        # (the standby replica's log says it stands by)
   kubectl apply --validate=false -n $NS -f manifests/examples/   # more shapes (the operator serves them too)
-The operator and the router run on this host (logs $RUN/ferry-operator.log, $RUN/ferry-router.log).
 Tear it down (stops every process it started and restores the machine):
   bash e2e/cluster/down.sh $RUN
 EOM

@@ -17,7 +17,7 @@ else
   trap 'echo "ferry: stopping the local Kubernetes"; bash e2e/cluster/down.sh "$RUN" >/dev/null 2>&1' EXIT
 fi
 export FERRY_KUBECONFIG=$RUN/kubeconfig FERRY_KUBECTL=$TOOLS/kubectl
-export FERRY_SERVER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/server-image.sh | tail -1)
+export FERRY_SERVER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh server | tail -1)
 # A model image (busybox + the tiny GGUF under /models) for the `image` source.
 export FERRY_MODEL_IMAGE=localhost/models/tiny:1
 FERRY_KUBE_RUN=$RUN bash e2e/cluster/images.sh model "$FERRY_MODELS/tiny-gguf" "$FERRY_MODEL_IMAGE" >/dev/null
