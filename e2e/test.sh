@@ -17,7 +17,13 @@ else
   trap 'echo "ferry: stopping the local Kubernetes"; bash e2e/cluster/down.sh "$RUN" >/dev/null 2>&1' EXIT
 fi
 export FERRY_KUBECONFIG=$RUN/kubeconfig FERRY_KUBECTL=$TOOLS/kubectl
+# The images of Ferry's binaries (the Helm chart's test installs operator and router from them).
 export FERRY_SERVER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh server | tail -1)
+export FERRY_OPERATOR_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh operator | tail -1)
+export FERRY_ROUTER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh router | tail -1)
+export FERRY_HELM=$TOOLS/helm FERRY_CONTAINERD_SOCK=$RUN/containerd/containerd.sock
+# The official openai client (installed by fetch.sh) for the tests that use it.
+export FERRY_PYTHON=${FERRY_CACHE:-$HOME/.cache/ferry}/venv/bin/python
 # A model image (busybox + the tiny GGUF under /models) for the `image` source.
 export FERRY_MODEL_IMAGE=localhost/models/tiny:1
 FERRY_KUBE_RUN=$RUN bash e2e/cluster/images.sh model "$FERRY_MODELS/tiny-gguf" "$FERRY_MODEL_IMAGE" >/dev/null

@@ -181,3 +181,14 @@ pub fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+impl TempNamespace {
+    /// `kubectl apply` of a YAML document (or several) into this namespace.
+    pub fn apply(&self, yaml: &str) {
+        let file = std::env::temp_dir().join(format!("{}-{}.yaml", self.name, unique_suffix()));
+        std::fs::write(&file, yaml).expect("write a temporary manifest");
+        let applied = self.kubectl(["apply", "--validate=false", "-f", file.to_str().unwrap()]);
+        std::fs::remove_file(&file).ok();
+        applied.ok("kubectl apply");
+    }
+}
