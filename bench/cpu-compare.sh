@@ -25,5 +25,5 @@ for url in http://127.0.0.1:8101/ready http://127.0.0.1:8102/health; do
   curl -sf "$url" >/dev/null || { echo "not ready: $url" >&2; exit 1; }
 done
 target/debug/ferry-bench sweep --url ferry=http://127.0.0.1:8101 --compare llama.cpp=http://127.0.0.1:8102 \
-  --model smollm2 --concurrency 1,2,4 --prompt-tokens 128 --output-tokens 64 --requests-per-level 8 \
+  --model smollm2 --concurrency 1,2,4 --prompt-tokens 128 --output-tokens 64 --requests-per-level ${REQUESTS:-8} \
   --out "$OUT" "$@"

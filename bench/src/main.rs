@@ -85,7 +85,12 @@ async fn main() -> anyhow::Result<()> {
         api_key: args.api_key,
         timeout: Duration::from_secs(args.timeout_seconds),
     };
-    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    // A fresh connection per request: reusing a kept-alive connection the server is closing
+    // fails the request on the client's side, which would count against that server.
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(0)
+        .build()?;
 
     for target in &targets {
         for n in 0..args.warmup {
