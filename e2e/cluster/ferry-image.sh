@@ -11,6 +11,7 @@ NAME=${1:?usage: ferry-image.sh server|operator|router [REF]}
 case $NAME in server|operator|router) ;; *) echo "unknown binary: $NAME" >&2; exit 2;; esac
 # The test build: the same features `cargo test --workspace` uses, so nothing is compiled twice.
 cargo test -q --workspace --locked --no-run 2>/dev/null
+[ -x "target/debug/ferry-$NAME" ] || { echo "ferry-image.sh: target/debug/ferry-$NAME was not built" >&2; exit 1; }
 d=$(mktemp -d)
 strip -o "$d/ferry-$NAME" "target/debug/ferry-$NAME"
 REF=${2:-localhost/ferry/$NAME:dev-$(sha256sum "$d/ferry-$NAME" | cut -c1-12)}
