@@ -24,6 +24,8 @@ FERRY_OPERATOR_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh opera
 FERRY_ROUTER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh router | tail -1)
 export FERRY_SERVER_IMAGE FERRY_OPERATOR_IMAGE FERRY_ROUTER_IMAGE
 export FERRY_HELM=$TOOLS/helm FERRY_CONTAINERD_SOCK=$RUN/containerd/containerd.sock
+# A real Prometheus (Debian's package, unpacked in the cache) for the PromQL analysis test.
+FERRY_PROMETHEUS=$(bash e2e/cluster/prometheus.sh | tail -1); export FERRY_PROMETHEUS
 # The official openai client (installed by fetch.sh) for the tests that use it.
 export FERRY_PYTHON=${FERRY_CACHE:-$HOME/.cache/ferry}/venv/bin/python
 # A model image (busybox + the tiny GGUF under /models) for the `image` source.

@@ -228,6 +228,10 @@ pub struct Analysis {
     #[serde(default = "default_failure_limit")]
     #[schemars(range(min = 1, max = 100))]
     pub failure_limit: i32,
+    /// Read the numbers from this Prometheus instead of the routers' stats endpoint (for users who
+    /// already scrape the routers). Absent: the routers are asked directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSource>,
 }
 
 impl Default for Analysis {
@@ -236,7 +240,101 @@ impl Default for Analysis {
             interval_seconds: default_interval_seconds(),
             min_requests: default_min_requests(),
             failure_limit: default_failure_limit(),
+            prometheus: None,
         }
+    }
+}
+
+/// A Prometheus that scrapes the routers' `/metrics`, and the PromQL that measures one version.
+/// Queries are templates: `{{model}}` (served model name), `{{version}}` (ModelVersion),
+/// `{{namespace}}`, `{{name}}` (the LLMDeployment) and `{{window}}` (the analysis interval, e.g.
+/// `30s`) are replaced; each must return one number (an empty result means no data). Queries
+/// left out use the defaults over the routers' metrics (see [`PrometheusQueries::DEFAULTS`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusSource {
+    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
+    #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    pub address: String,
+    /// PromQL overriding the defaults, per measured value.
+    #[serde(default)]
+    pub queries: PrometheusQueries,
+}
+
+/// PromQL per measured value (each optional; see [`PrometheusSource`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusQueries {
+    /// Requests in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub requests: Option<String>,
+    /// Failed requests in the window, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub error_rate_percent: Option<String>,
+    /// 95th percentile time to first token, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub ttft_p95_ms: Option<String>,
+    /// 95th percentile end-to-end latency, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub latency_p95_ms: Option<String>,
+    /// 95th percentile inter-token latency, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub inter_token_p95_ms: Option<String>,
+}
+
+/// `sum(increase(M{model,version}[window]))`.
+macro_rules! increase {
+    ($metric:literal) => {
+        concat!(
+            "sum(increase(",
+            $metric,
+            "{model=\"{{model}}\",version=\"{{version}}\"}[{{window}}]))"
+        )
+    };
+}
+
+/// 95th percentile of a router histogram in seconds, as milliseconds.
+macro_rules! p95_ms {
+    ($metric:literal) => {
+        concat!(
+            "1000 * histogram_quantile(0.95, sum by (le) (rate(",
+            $metric,
+            "_bucket{model=\"{{model}}\",version=\"{{version}}\"}[{{window}}])))"
+        )
+    };
+}
+
+impl PrometheusQueries {
+    /// The default PromQL over `ferry-router`'s metrics, summed over router replicas and variants:
+    /// requests, error rate %, TTFT / latency / inter-token p95 ms.
+    pub const DEFAULTS: [&'static str; 5] = [
+        increase!("ferry_router_requests_total"),
+        concat!(
+            "100 * ",
+            increase!("ferry_router_errors_total"),
+            " / ",
+            increase!("ferry_router_requests_total")
+        ),
+        p95_ms!("ferry_router_time_to_first_token_seconds"),
+        p95_ms!("ferry_router_request_duration_seconds"),
+        p95_ms!("ferry_router_inter_token_latency_seconds"),
+    ];
+
+    /// The five queries in the order of [`Self::DEFAULTS`], each the user's or the default.
+    pub fn effective(&self) -> [&str; 5] {
+        let chosen = [
+            &self.requests,
+            &self.error_rate_percent,
+            &self.ttft_p95_ms,
+            &self.latency_p95_ms,
+            &self.inter_token_p95_ms,
+        ];
+        std::array::from_fn(|i| chosen[i].as_deref().unwrap_or(Self::DEFAULTS[i]))
     }
 }
 
@@ -480,6 +578,9 @@ pub struct AnalysisResult {
     /// Failed requests, percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_rate_percent: Option<f64>,
+    /// Where the numbers came from: `router` or `prometheus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// `Pass`, `Fail` or `Inconclusive` (too few requests).
     pub verdict: Verdict,
     /// Why, e.g. `ttft p95 812 ms > 500 ms over 143 requests`.

@@ -243,8 +243,10 @@ pub struct EngineSpec {
     /// Paged attention (GPU only): KV cache in blocks, for higher concurrency.
     #[serde(default)]
     pub paged_attention: PagedAttention,
-    /// Reuse the KV cache of shared prompt prefixes (system prompts, few-shot examples).
-    #[serde(default = "default_true")]
+    /// Reuse the KV cache of shared prompt prefixes (system prompts, few-shot examples). Off by
+    /// default: with mistral.rs 0.8.1, concurrent requests near the context limit can fail when
+    /// a cached prefix is restored.
+    #[serde(default)]
     pub prefix_cache: bool,
     /// Jinja chat template that overrides the one embedded in the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,7 +263,7 @@ impl Default for EngineSpec {
             max_num_seqs: default_max_num_seqs(),
             max_queue: default_max_queue(),
             paged_attention: PagedAttention::default(),
-            prefix_cache: true,
+            prefix_cache: false,
             chat_template: None,
         }
     }
@@ -273,10 +275,6 @@ fn default_max_num_seqs() -> u32 {
 
 fn default_max_queue() -> u32 {
     64
-}
-
-fn default_true() -> bool {
-    true
 }
 
 /// Weight and activation data type.

@@ -67,6 +67,61 @@ pub fn validate_model_version(
 pub(crate) const IMMUTABLE: &str =
     "ModelVersion spec is immutable: create a new ModelVersion instead";
 
+/// Placeholders a Prometheus query template may use.
+pub const PROMQL_PLACEHOLDERS: [&str; 5] = ["model", "version", "namespace", "name", "window"];
+
+fn check_prometheus(out: &mut Vec<Violation>, p: &crate::PrometheusSource) {
+    let field = "spec.canary.analysis.prometheus";
+    let scheme = p
+        .address
+        .strip_prefix("http://")
+        .or_else(|| p.address.strip_prefix("https://"));
+    if !scheme.is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace)) {
+        out.push(Violation::new(
+            format!("{field}.address"),
+            format!("must be an http:// or https:// URL, got {:?}", p.address),
+        ));
+    }
+    let q = &p.queries;
+    for (name, query) in [
+        ("requests", &q.requests),
+        ("errorRatePercent", &q.error_rate_percent),
+        ("ttftP95Ms", &q.ttft_p95_ms),
+        ("latencyP95Ms", &q.latency_p95_ms),
+        ("interTokenP95Ms", &q.inter_token_p95_ms),
+    ] {
+        let Some(query) = query else { continue };
+        if query.trim().is_empty() {
+            out.push(Violation::new(
+                format!("{field}.queries.{name}"),
+                "must not be empty (leave it out for the default)",
+            ));
+        }
+        let mut rest = query.as_str();
+        while let Some(start) = rest.find("{{") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else {
+                out.push(Violation::new(
+                    format!("{field}.queries.{name}"),
+                    "has a `{{` without its `}}`",
+                ));
+                break;
+            };
+            let placeholder = after[..end].trim();
+            if !PROMQL_PLACEHOLDERS.contains(&placeholder) {
+                out.push(Violation::new(
+                    format!("{field}.queries.{name}"),
+                    format!(
+                        "unknown placeholder {{{{{placeholder}}}}} (known: {})",
+                        PROMQL_PLACEHOLDERS.join(", ")
+                    ),
+                ));
+            }
+            rest = &after[end + 2..];
+        }
+    }
+}
+
 /// Kubernetes object names (RFC 1123 subdomain): what `stable`, `canary.version` and
 /// `variants[].version` must be to name a ModelVersion.
 fn is_object_name(name: &str) -> bool {
@@ -199,6 +254,9 @@ impl Validate for LLMDeploymentSpec {
                     "spec.canary.analysis.intervalSeconds",
                     "must be 1 or more",
                 ));
+            }
+            if let Some(p) = &c.analysis.prometheus {
+                check_prometheus(&mut out, p);
             }
         }
         if let Some(e) = &self.experiment {

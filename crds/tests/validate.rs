@@ -202,6 +202,21 @@ fn llm_deployment_rules() {
             &["spec.slo.errorRatePercent: must be between 0 and 100, got 150"],
         ),
         (
+            "prometheus source with a custom query",
+            "stable: v1\ncanary:\n  version: v2\n  analysis:\n    prometheus:\n      address: http://prometheus.monitoring:9090\n      queries: {requests: 'sum(increase(my_requests{ns=\"{{namespace}}\",v=\"{{ version }}\"}[{{window}}]))'}",
+            &[],
+        ),
+        (
+            "prometheus source: bad address, unknown placeholder, unclosed, empty",
+            "stable: v1\ncanary:\n  version: v2\n  analysis:\n    prometheus:\n      address: prometheus:9090\n      queries: {requests: 'sum(x{m=\"{{modle}}\"})', ttftP95Ms: 'x{{window', latencyP95Ms: ' '}",
+            &[
+                "spec.canary.analysis.prometheus.address: must be an http:// or https:// URL, got \"prometheus:9090\"",
+                "spec.canary.analysis.prometheus.queries.requests: unknown placeholder {{modle}} (known: model, version, namespace, name, window)",
+                "spec.canary.analysis.prometheus.queries.ttftP95Ms: has a `{{` without its `}}`",
+                "spec.canary.analysis.prometheus.queries.latencyP95Ms: must not be empty (leave it out for the default)",
+            ],
+        ),
+        (
             "every violation at once",
             "stable: v1\nreplicas: 1\nautoscaling: {minReplicas: 3, maxReplicas: 1}\ncanary:\n  version: v1\n  steps: [{weight: 30}, {weight: 10}]",
             &[

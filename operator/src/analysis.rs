@@ -2,7 +2,7 @@
 //! per-variant numbers of an experiment.
 
 use ferry_crds::{AnalysisResult, Slo, VariantStats, Verdict};
-use ferry_router::stats::{Counts, Percentiles, SeriesKey, SeriesSummary, Summary};
+use ferry_router::stats::{Counts, SeriesKey, SeriesSummary, Summary};
 
 /// Everything the routers counted for one version of one model over the window: all its
 /// variants, or only `variant`.
@@ -33,6 +33,31 @@ fn summarize(counts: &Counts) -> SeriesSummary {
     SeriesSummary::new(key, counts.clone())
 }
 
+/// The numbers a verdict is based on, whatever their source.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Measured {
+    pub requests: u64,
+    pub ttft_p95_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    pub inter_token_p95_ms: Option<f64>,
+    /// Failed requests, percent (`None` without requests).
+    pub error_rate_percent: Option<f64>,
+}
+
+impl Measured {
+    /// From the routers' bucket counts.
+    pub fn from_counts(counts: &Counts) -> Self {
+        let summary = summarize(counts);
+        Self {
+            requests: counts.requests,
+            ttft_p95_ms: summary.ttft_ms.p95,
+            latency_p95_ms: summary.latency_ms.p95,
+            inter_token_p95_ms: summary.inter_token_ms.p95,
+            error_rate_percent: (counts.requests > 0).then_some(summary.error_rate * 100.0),
+        }
+    }
+}
+
 /// One value measured against one objective.
 struct Check {
     what: &'static str,
@@ -41,9 +66,7 @@ struct Check {
     unit: &'static str,
 }
 
-/// The verdict on `version` from its counts: `Inconclusive` below `min_requests`, `Fail` when any
-/// set objective is exceeded (the reason names each breach: metric, value, objective, requests),
-/// else `Pass`. Latency objectives with no samples (e.g. TTFT without streams) are not judged.
+/// The verdict on `version` from the routers' counts (see [`judge_measured`]).
 pub fn judge(
     version: &str,
     counts: &Counts,
@@ -51,32 +74,44 @@ pub fn judge(
     min_requests: i32,
     time: String,
 ) -> AnalysisResult {
-    let summary = summarize(counts);
-    let p95 = |p: &Percentiles| p.p95;
-    let requests = counts.requests as i64;
-    let error_rate = (counts.requests > 0).then_some(summary.error_rate * 100.0);
+    let measured = Measured::from_counts(counts);
+    judge_measured(version, &measured, slo, min_requests, time, "router")
+}
+
+/// The verdict on `version`: `Inconclusive` below `min_requests`, `Fail` when any set objective
+/// is exceeded (the reason names each breach: metric, value, objective, requests), else `Pass`.
+/// Latency objectives with no samples (e.g. TTFT without streams) are not judged.
+pub fn judge_measured(
+    version: &str,
+    m: &Measured,
+    slo: &Slo,
+    min_requests: i32,
+    time: String,
+    source: &str,
+) -> AnalysisResult {
+    let requests = m.requests.min(i64::MAX as u64) as i64;
     let checks = [
         Check {
             what: "ttft p95",
-            value: p95(&summary.ttft_ms),
+            value: m.ttft_p95_ms,
             limit: slo.ttft_p95_ms.map(f64::from),
             unit: " ms",
         },
         Check {
             what: "latency p95",
-            value: p95(&summary.latency_ms),
+            value: m.latency_p95_ms,
             limit: slo.latency_p95_ms.map(f64::from),
             unit: " ms",
         },
         Check {
             what: "inter-token p95",
-            value: p95(&summary.inter_token_ms),
+            value: m.inter_token_p95_ms,
             limit: slo.inter_token_p95_ms.map(f64::from),
             unit: " ms",
         },
         Check {
             what: "error rate",
-            value: error_rate,
+            value: m.error_rate_percent,
             limit: slo.error_rate_percent,
             unit: "%",
         },
@@ -112,14 +147,17 @@ pub fn judge(
             (Verdict::Fail, breaches.join("; "))
         }
     };
+    // Status fields carry finite numbers only (a p95 in the +Inf bucket is in the reason).
+    let shown = |v: Option<f64>| v.filter(|v| v.is_finite()).map(round);
     AnalysisResult {
         time,
         version: version.to_string(),
         requests,
-        ttft_p95_ms: checks[0].value.map(round),
-        latency_p95_ms: checks[1].value.map(round),
-        inter_token_p95_ms: checks[2].value.map(round),
-        error_rate_percent: error_rate.map(round),
+        ttft_p95_ms: shown(checks[0].value),
+        latency_p95_ms: shown(checks[1].value),
+        inter_token_p95_ms: shown(checks[2].value),
+        error_rate_percent: shown(checks[3].value),
+        source: Some(source.to_string()),
         verdict,
         reason: Some(reason),
     }
@@ -135,6 +173,7 @@ pub fn unavailable(version: &str, why: &str, time: String) -> AnalysisResult {
         latency_p95_ms: None,
         inter_token_p95_ms: None,
         error_rate_percent: None,
+        source: None,
         verdict: Verdict::Inconclusive,
         reason: Some(format!("no metrics: {why}")),
     }
@@ -293,11 +332,13 @@ mod tests {
             window_seconds: 30,
             bucket_bounds_ms: vec![],
             series: vec![series("v1", "", 10), series("v2", "", 3)],
+            held: [("m".to_string(), 2)].into(),
         };
         let b = Summary {
             window_seconds: 30,
             bucket_bounds_ms: vec![],
             series: vec![series("v2", "x", 4)],
+            held: [("m".to_string(), 1), ("n".to_string(), 5)].into(),
         };
         let merged = Summary::merge(&[a, b]);
         let c = version_counts(&merged, "m", "v2", None);
@@ -305,5 +346,6 @@ mod tests {
         assert_eq!(c.latency.count, 7);
         assert_eq!(version_counts(&merged, "m", "v2", Some("x")).requests, 4);
         assert_eq!(version_counts(&merged, "other", "v2", None).requests, 0);
+        assert_eq!(merged.held, [("m".into(), 3), ("n".into(), 5)].into());
     }
 }

@@ -27,7 +27,7 @@ use crate::conditions::{Transition, Wanted, merge};
 use crate::error::Error;
 use crate::rollout::{self, Controls, Note, Observation};
 use crate::validate::{llmd_problems, referenced_versions};
-use crate::{analysis, autoscale, signals};
+use crate::{analysis, autoscale, promql, signals};
 
 const CONTROLLER: &str = "llmdeployment";
 /// Periodic re-check even when nothing changed (drift of children made by hand is also watched).
@@ -186,18 +186,36 @@ async fn decide(
     ) {
         let time = rollout::timestamp(now);
         let slo = spec.slo.clone().unwrap_or_default();
-        analysis = Some(match ctx.routers.summary(&ctx.http, window).await {
-            Ok(summary) => {
-                let counts = analysis::version_counts(&summary, &model, &record.version, None);
-                analysis::judge(
-                    &record.version,
-                    &counts,
-                    &slo,
-                    canary.analysis.min_requests,
-                    time,
-                )
+        let min_requests = canary.analysis.min_requests;
+        analysis = Some(match &canary.analysis.prometheus {
+            Some(source) => {
+                let (namespace, name) = (llmd.namespace().unwrap_or_default(), llmd.name_any());
+                let vars = promql::Vars {
+                    model: &model,
+                    version: &record.version,
+                    namespace: &namespace,
+                    name: &name,
+                    window_seconds: window,
+                };
+                match promql::measure(&ctx.http, source, &vars).await {
+                    Ok(m) => analysis::judge_measured(
+                        &record.version,
+                        &m,
+                        &slo,
+                        min_requests,
+                        time,
+                        "prometheus",
+                    ),
+                    Err(e) => analysis::unavailable(&record.version, &e, time),
+                }
             }
-            Err(e) => analysis::unavailable(&record.version, &e, time),
+            None => match ctx.routers.summary(&ctx.http, window).await {
+                Ok(summary) => {
+                    let counts = analysis::version_counts(&summary, &model, &record.version, None);
+                    analysis::judge(&record.version, &counts, &slo, min_requests, time)
+                }
+                Err(e) => analysis::unavailable(&record.version, &e, time),
+            },
         });
     }
 
@@ -281,6 +299,10 @@ async fn decide(
     }
     if spec.autoscaling.is_some() {
         requeue = requeue.min(ctx.autoscale_interval);
+        if stable_pods == 0 {
+            // Scaled to zero: look for held requests every second, the cold start is enough wait.
+            requeue = requeue.min(ZERO_POLL);
+        }
     }
     Decided {
         plan: Plan {
@@ -298,6 +320,9 @@ async fn decide(
         now,
     }
 }
+
+/// How often a deployment scaled to zero asks the routers for held requests.
+const ZERO_POLL: Duration = Duration::from_secs(1);
 
 /// How often an experiment's per-variant numbers are refreshed.
 const EXPERIMENT_STATS: Duration = Duration::from_secs(15);
@@ -335,12 +360,18 @@ async fn size(
     let pods = version_pods(llmd, version, ctx);
     let (queue, complete) = signals::queue_depth(&ctx.http, &pods).await;
     queue_depth.insert(version.to_string(), queue as i64);
+    let current = observed.get(version).map_or(min, |o| o.replicas);
+    // Scale from zero: requests the routers hold for want of a ready pod wake the version.
+    let held = if min == 0 && pods.is_empty() {
+        ctx.routers.held(&ctx.http, &served_model_name(llmd)).await
+    } else {
+        0
+    };
     let load = autoscale::Load {
         queue,
         complete,
-        held: 0,
+        held,
     };
-    let current = observed.get(version).map_or(min, |o| o.replicas);
     let key = format!(
         "{}/{}/{version}",
         llmd.namespace().unwrap_or_default(),
@@ -351,7 +382,7 @@ async fn size(
     let history = histories.entry(key).or_default();
     let pods = autoscale::decide(current, &load, &policy, history, now);
     if pods != current {
-        tracing::info!(llmd = %llmd.name_any(), version, queue, from = current, to = pods, "scaling");
+        tracing::info!(llmd = %llmd.name_any(), version, queue, held, from = current, to = pods, "scaling");
     }
     pods
 }

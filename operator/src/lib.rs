@@ -17,6 +17,7 @@ pub mod leader;
 pub mod metrics;
 pub mod model_version;
 pub mod pod;
+pub mod promql;
 pub mod rollout;
 mod signals;
 pub mod validate;

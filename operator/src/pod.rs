@@ -302,8 +302,8 @@ fn engine_flags(args: &mut Vec<String>, engine: &EngineSpec) {
     if let Some(isq) = engine.isq {
         push(args, "--isq", &name(serde_json::json!(isq)));
     }
-    if !engine.prefix_cache {
-        args.push("--no-prefix-cache".into());
+    if engine.prefix_cache {
+        args.push("--prefix-cache".into());
     }
 }
 

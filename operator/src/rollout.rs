@@ -474,6 +474,7 @@ mod tests {
                     interval_seconds: 10,
                     min_requests: 5,
                     failure_limit: 2,
+                    prometheus: None,
                 },
                 rollback_window_seconds: 100,
             }),
@@ -506,6 +507,7 @@ mod tests {
             latency_p95_ms: None,
             inter_token_p95_ms: None,
             error_rate_percent: None,
+            source: None,
             verdict: v,
             reason: Some(format!("{v:?} reason")),
         }

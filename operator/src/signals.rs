@@ -46,6 +46,18 @@ impl Routers {
         }
         summary_of(http, &bases, window_seconds).await
     }
+
+    /// Requests every router holds now for `model` (no ready pod): what wakes a version scaled
+    /// to zero. 0 when no router answers.
+    pub async fn held(&self, http: &reqwest::Client, model: &str) -> u64 {
+        match self.summary(http, 1).await {
+            Ok(s) => s.held.get(model).copied().unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(error = %e, model, "cannot read held requests from the routers");
+                0
+            }
+        }
+    }
 }
 
 async fn summary_of(

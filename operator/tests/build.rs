@@ -292,7 +292,7 @@ fn hugging_face_token_and_mirror_reach_the_fetch_container() {
 fn gpu_versions_get_limits_placement_and_the_cuda_device() {
     let versions = mv(
         "v1",
-        "{source: {pvc: {claimName: w}}, format: safetensors, engine: {isq: Q4K, maxSeqLen: 4096, prefixCache: false, dtype: bf16, chatTemplate: '{{ messages }}'}, resources: {gpus: 2, gpuResourceName: amd.com/gpu, nodeSelector: {gpu: h100}, tolerations: [{key: gpu, operator: Exists}], image: 'ferry/server:cuda'}}",
+        "{source: {pvc: {claimName: w}}, format: safetensors, engine: {isq: Q4K, maxSeqLen: 4096, prefixCache: true, dtype: bf16, chatTemplate: '{{ messages }}'}, resources: {gpus: 2, gpuResourceName: amd.com/gpu, nodeSelector: {gpu: h100}, tolerations: [{key: gpu, operator: Exists}], image: 'ferry/server:cuda'}}",
     );
     let out = build(
         &llmd("{stable: v1}"),
@@ -313,7 +313,7 @@ fn gpu_versions_get_limits_placement_and_the_cuda_device() {
         c.args
             .as_ref()
             .unwrap()
-            .contains(&"--no-prefix-cache".to_string())
+            .contains(&"--prefix-cache".to_string())
     );
     assert_eq!(
         json(&c.resources)["limits"],

@@ -464,6 +464,149 @@ async fn a_slow_canary_is_rolled_back_within_the_failure_limit_and_no_request_fa
     s.cleanup();
 }
 
+/// A real Prometheus (Debian's, from `e2e/cluster/prometheus.sh`) scraping the test's router
+/// every second.
+struct Prometheus {
+    base: String,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    async fn start(ns: &TempNamespace, router: &Router) -> Self {
+        let bin =
+            std::env::var("FERRY_PROMETHEUS").expect("FERRY_PROMETHEUS is set by e2e/test.sh");
+        let dir = std::env::temp_dir().join(format!("{}-prometheus", ns.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = router.base.trim_start_matches("http://");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n\
+                 - job_name: ferry-router\n  \
+                 static_configs: [{{targets: ['{target}']}}]\n"
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        wait_for("prometheus to be ready", Duration::from_secs(30), || {
+            let (http, url) = (http.clone(), format!("{base}/-/ready"));
+            async move {
+                let ok = http.get(url).send().await.ok()?.status().is_success();
+                ok.then_some(())
+            }
+        })
+        .await;
+        Self { base, child, dir }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_slow_canary_judged_by_prometheus_promql_is_rolled_back() {
+    let s = setup("pd-prom").await;
+    let prometheus = Prometheus::start(&s.ns, &s.router).await;
+    // The routers' stats endpoint is out of reach: every number must come from Prometheus.
+    let operator = Operator::start(
+        &s.ns,
+        "op",
+        &[
+            "--router-stats-url",
+            "http://127.0.0.1:9",
+            "--router-selector",
+            "none=none",
+        ],
+    );
+    apply(&s.ns, &model_version("v1", "[]"));
+    apply(
+        &s.ns,
+        &model_version("v2-slow", "[{name: FERRY_FAULT_LATENCY_MS, value: '1500'}]"),
+    );
+    s.serve_stable("v1").await;
+    let load = Load::start(&s.router, "chat", 6);
+    apply(
+        &s.ns,
+        &with_canary(
+            &format!(
+                "{{version: v2-slow, steps: [{{weight: 50, pauseSeconds: 60}}], \
+                 analysis: {{intervalSeconds: 4, minRequests: 3, failureLimit: 2, \
+                 prometheus: {{address: '{}'}}}}}}",
+                prometheus.base
+            ),
+            "{latencyP95Ms: 1000, errorRatePercent: 5}",
+        ),
+    );
+    let analysing = wait_for(
+        "the canary to take traffic",
+        Duration::from_secs(120),
+        || async {
+            let state = rollout_state(&s.status("chat").await)?;
+            (state.0 == RolloutState::Analysing).then(Instant::now)
+        },
+    )
+    .await;
+    let rolled_back = wait_for("the rollback", Duration::from_secs(90), || async {
+        let status = s.status("chat").await;
+        (status.phase == Some(Phase::RolledBack)).then_some(status)
+    })
+    .await;
+    let to_rollback = analysing.elapsed();
+    let (answered, failed, last) = load.finish().await;
+    let analysis = rolled_back
+        .last_analysis
+        .clone()
+        .expect("the last analysis");
+    println!(
+        "prometheus-judged canary at 50% -> rolled back: {:.1} s (failureLimit 2 x interval 4 s, 1 s scrapes); last analysis {analysis:?}; answers {answered:?}; failed {failed}",
+        to_rollback.as_secs_f64()
+    );
+    assert_eq!(analysis.source.as_deref(), Some("prometheus"));
+    assert_eq!(analysis.verdict, ferry_crds::Verdict::Fail);
+    assert!(analysis.requests >= 3, "{analysis:?}");
+    assert!(
+        analysis.latency_p95_ms.is_some_and(|ms| ms > 1000.0),
+        "{analysis:?}"
+    );
+    assert_eq!(analysis.error_rate_percent, Some(0.0), "{analysis:?}");
+    let message = rolled_back.rollout.clone().unwrap().message.unwrap();
+    assert!(
+        message.starts_with("latency p95 ") && message.contains(" ms > 1000 ms over "),
+        "{message}"
+    );
+    assert_eq!(rolled_back.traffic.len(), 1);
+    assert_eq!(rolled_back.traffic[0].version, "v1");
+    assert_eq!(failed, 0, "client requests failed: {last}");
+    drop(operator);
+    s.cleanup();
+}
+
 #[tokio::test]
 async fn a_queue_burst_scales_the_stable_up_and_it_scales_back_down_after_the_window() {
     let s = setup("pd-scale").await;
@@ -518,6 +661,91 @@ spec:
     assert_eq!(failed, 0, "client requests failed: {last}");
     let status = s.status("chat").await;
     assert_eq!(status.replicas, Some(1), "the scale subresource follows");
+    s.cleanup();
+}
+
+#[tokio::test]
+async fn a_version_scaled_to_zero_is_woken_by_a_held_request_and_goes_back_to_zero() {
+    let s = setup("pd-zero").await;
+    let _operator = s.operator("op", &["--autoscale-interval-seconds", "1"]);
+    apply(&s.ns, &model_version("v1", "[]"));
+    apply(
+        &s.ns,
+        "apiVersion: serving.ferry.dev/v1alpha1
+kind: LLMDeployment
+metadata: {name: chat}
+spec:
+  stable: v1
+  autoscaling: {minReplicas: 0, maxReplicas: 2, targetQueueDepth: 4, scaleDownStabilizationSeconds: 5}
+",
+    );
+    // Without load it starts at zero pods: available, with the reason saying so.
+    s.wait_phase("chat", Phase::Available, Duration::from_secs(60))
+        .await;
+    wait_for("traffic routed to v1", Duration::from_secs(10), || async {
+        (!s.status("chat").await.traffic.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(s.replicas("chat-v1").await, 0);
+    let llmd = s.llmds.get("chat").await.unwrap();
+    let available = llmd
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Available"))
+        .cloned()
+        .expect("Available condition");
+    assert_eq!(
+        (available.status.as_str(), available.reason.as_str()),
+        ("True", "ScaledToZero")
+    );
+
+    // One request: the router holds it, the operator sees it held and starts a pod, the pod
+    // answers it.
+    let http = reqwest::Client::new();
+    let asked = Instant::now();
+    let request = http
+        .post(format!("{}/v1/chat/completions", s.router.base))
+        .json(&serde_json::json!({
+            "model": "chat",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4,
+        }))
+        .send();
+    let woken = async {
+        wait_for("the wake-up", Duration::from_secs(20), || async {
+            (s.replicas("chat-v1").await == 1).then(|| asked.elapsed())
+        })
+        .await
+    };
+    let (response, woken) = tokio::join!(request, woken);
+    let response = response.expect("the held request");
+    let answered = asked.elapsed();
+    let status = response.status();
+    let version = response
+        .headers()
+        .get("x-ferry-version")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(version.as_deref(), Some("v1"));
+
+    // Idle again: back to zero once the window has passed.
+    let idle = Instant::now();
+    let down = wait_for("the scale to zero", Duration::from_secs(60), || async {
+        (s.replicas("chat-v1").await == 0).then(|| idle.elapsed())
+    })
+    .await;
+    println!(
+        "scale from zero: request held -> pod wanted after {:.1} s, answered after {:.1} s (cold start included); idle -> 0 pods after {:.1} s (window 5 s)",
+        woken.as_secs_f64(),
+        answered.as_secs_f64(),
+        down.as_secs_f64()
+    );
+    assert!(
+        down >= Duration::from_secs(4),
+        "scaled to zero before the window: {down:?}"
+    );
     s.cleanup();
 }
 

@@ -345,6 +345,8 @@ async fn wait_for_backend(
 ) -> Result<(Backend, String), RouterError> {
     let mut table = app.table.clone();
     let deadline = started + app.settings.hold;
+    // Counted as held (the operator wakes a version scaled to zero) from the first miss on.
+    let mut held = None;
     loop {
         let snapshot = table.borrow_and_update().clone();
         match snapshot.routes.get(model) {
@@ -364,6 +366,9 @@ async fn wait_for_backend(
                 });
             }
             None => {}
+        }
+        if held.is_none() && snapshot.routes.contains_key(model) {
+            held = Some(app.stats.hold(model));
         }
         let now = Instant::now();
         if now >= deadline {

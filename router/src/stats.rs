@@ -4,11 +4,11 @@
 //! Both use the same fixed histogram buckets, so histograms from several router replicas merge by
 //! adding bucket counts ([`Summary::merge`]) and percentiles are computed after the merge.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus::{CounterVec, HistogramOpts, HistogramVec, Opts, Registry};
+use prometheus::{CounterVec, HistogramOpts, HistogramVec, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
 /// Upper bounds of the latency buckets, in milliseconds (about 25% apart, 1 ms to 2 min); one more
@@ -204,18 +204,25 @@ pub struct Summary {
     pub window_seconds: u64,
     pub bucket_bounds_ms: Vec<f64>,
     pub series: Vec<SeriesSummary>,
+    /// Requests waiting now for a ready pod, by served model (scale from zero wakes on these).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub held: BTreeMap<String, u64>,
 }
 
 impl Summary {
     /// Adds the series of several routers' summaries (same window) into one, recomputing the
     /// percentiles from the summed buckets.
     pub fn merge(summaries: &[Summary]) -> Summary {
-        let mut all: std::collections::BTreeMap<SeriesKey, Counts> = Default::default();
+        let mut all: BTreeMap<SeriesKey, Counts> = Default::default();
+        let mut held: BTreeMap<String, u64> = Default::default();
         for s in summaries {
             for series in &s.series {
                 all.entry(series.key.clone())
                     .or_default()
                     .merge(&series.counts);
+            }
+            for (model, n) in &s.held {
+                *held.entry(model.clone()).or_default() += n;
             }
         }
         Summary {
@@ -225,6 +232,7 @@ impl Summary {
                 .into_iter()
                 .map(|(k, c)| SeriesSummary::new(k, c))
                 .collect(),
+            held,
         }
     }
 }
@@ -281,6 +289,8 @@ impl Series {
 /// The router's statistics: Prometheus series plus the windowed store.
 pub struct Stats {
     windows: Mutex<HashMap<SeriesKey, Series>>,
+    held: Mutex<BTreeMap<String, u64>>,
+    held_gauge: IntGaugeVec,
     requests: CounterVec,
     errors: CounterVec,
     tokens: CounterVec,
@@ -307,8 +317,18 @@ impl Stats {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
+        let held_gauge = IntGaugeVec::new(
+            Opts::new(
+                "ferry_router_held_requests",
+                "Requests waiting for a ready pod of their model (cold start, scale from zero).",
+            ),
+            &["model"],
+        )?;
+        registry.register(Box::new(held_gauge.clone()))?;
         Ok(Self {
             windows: Mutex::new(HashMap::new()),
+            held: Mutex::new(BTreeMap::new()),
+            held_gauge,
             requests: counter(
                 "ferry_router_requests_total",
                 "Requests routed to a version, by HTTP status sent to the client.",
@@ -407,7 +427,45 @@ impl Stats {
             window_seconds: window,
             bucket_bounds_ms: BUCKET_BOUNDS_MS.to_vec(),
             series,
+            held: self.held.lock().unwrap().clone(),
         }
+    }
+
+    /// Counts a request as waiting for a ready pod of `model` until the guard is dropped.
+    pub fn hold(&self, model: &str) -> Held<'_> {
+        *self
+            .held
+            .lock()
+            .unwrap()
+            .entry(model.to_string())
+            .or_default() += 1;
+        self.held_gauge.with_label_values(&[model]).inc();
+        Held {
+            stats: self,
+            model: model.to_string(),
+        }
+    }
+}
+
+/// A request waiting for a pod (see [`Stats::hold`]).
+pub struct Held<'a> {
+    stats: &'a Stats,
+    model: String,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut held = self.stats.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.model) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.model);
+            }
+        }
+        self.stats
+            .held_gauge
+            .with_label_values(&[&self.model])
+            .dec();
     }
 }
 
@@ -548,6 +606,32 @@ mod tests {
         // 1 of 20 is slow: p95 sits at the boundary, p99 in the slow bucket.
         assert!(s.latency_ms.p99.unwrap() > 4000.0, "{:?}", s.latency_ms);
         assert!(s.latency_ms.p50.unwrap() <= 20.0, "{:?}", s.latency_ms);
+    }
+
+    #[test]
+    fn held_requests_are_counted_while_they_wait_and_exported() {
+        let registry = Registry::new();
+        let stats = Stats::new(&registry).unwrap();
+        let window = Duration::from_secs(30);
+        let (a, b) = (stats.hold("m"), stats.hold("m"));
+        let c = stats.hold("other");
+        assert_eq!(
+            stats.summary(window).held,
+            [("m".into(), 2), ("other".into(), 1)].into()
+        );
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        assert!(
+            text.contains("ferry_router_held_requests{model=\"m\"} 2"),
+            "{text}"
+        );
+        drop((a, c));
+        assert_eq!(stats.summary(window).held, [("m".into(), 1)].into());
+        drop(b);
+        assert!(stats.summary(window).held.is_empty());
+        let json = serde_json::to_value(stats.summary(window)).unwrap();
+        assert!(json.get("held").is_none(), "nothing held, nothing said");
     }
 
     #[test]

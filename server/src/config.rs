@@ -39,9 +39,11 @@ pub struct Args {
     /// Longest prompt + completion in tokens (default: the model's context length).
     #[arg(long, env = "FERRY_MAX_SEQ_LEN")]
     pub max_seq_len: Option<usize>,
-    /// Turn off reuse of the KV cache of shared prompt prefixes.
-    #[arg(long, env = "FERRY_NO_PREFIX_CACHE")]
-    pub no_prefix_cache: bool,
+    /// Reuse the KV cache of shared prompt prefixes. Off by default: in mistral.rs 0.8.1 a
+    /// restored prefix can make concurrent sequences near the context limit fail ("kv-cache:
+    /// requested capacity … above max seq len"), and it moves logits between batches.
+    #[arg(long, env = "FERRY_PREFIX_CACHE")]
+    pub prefix_cache: bool,
     /// Requests that may wait for an engine slot; beyond it, 429 with Retry-After.
     #[arg(long, env = "FERRY_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,

@@ -361,7 +361,7 @@ fn hf_home() -> std::path::PathBuf {
 
 /// Sequences kept in the prefix cache (mistral.rs' default), or none.
 fn prefix_cache(args: &Args) -> Option<usize> {
-    (!args.no_prefix_cache).then_some(16)
+    args.prefix_cache.then_some(16)
 }
 
 fn device(spec: &str) -> anyhow::Result<Option<Device>> {

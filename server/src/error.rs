@@ -29,8 +29,8 @@ pub enum ApiError {
     /// The model is still loading, or the server is draining for shutdown.
     #[error("{0}")]
     Unavailable(&'static str),
-    /// The engine failed while generating.
-    #[error("The engine failed: {0}")]
+    /// The engine failed while generating (the message without candle's backtrace).
+    #[error("The engine failed: {}", without_backtrace(.0))]
     Engine(String),
     /// A fault injected by `--fault-error-rate`, for rollback drills.
     #[error("Injected fault (--fault-error-rate).")]
@@ -143,5 +143,35 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+/// An engine error's message without the backtrace candle appends (`\n   0: bt\n at …`): clients
+/// get the reason, not the engine's stack.
+fn without_backtrace(message: &str) -> &str {
+    message
+        .split("\n   0:")
+        .next()
+        .unwrap_or(message)
+        .trim_end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_reach_clients_without_the_backtrace() {
+        let e = ApiError::Engine(
+            "kv-cache: requested capacity (1024) above max seq len (512)\n   0: bt\n             at /src/error.rs:264:25\n   1: append".into(),
+        );
+        assert_eq!(
+            e.body()["error"]["message"],
+            "The engine failed: kv-cache: requested capacity (1024) above max seq len (512)"
+        );
+        assert_eq!(
+            ApiError::Engine("channel closed".into()).to_string(),
+            "The engine failed: channel closed"
+        );
     }
 }

@@ -123,9 +123,9 @@ async fn completions_stream_and_not() {
 
 #[tokio::test]
 async fn seed_makes_sampling_reproducible() {
-    // The prefix cache reuses KV computed in another batch, which can move the logits enough to
-    // flip a sampled token; exact reproducibility is promised with the cache off.
-    let s = tiny(&["--no-prefix-cache"]).await;
+    // (The prefix cache, off by default, reuses KV computed in another batch, which can move the
+    // logits enough to flip a sampled token; exact reproducibility is promised with it off.)
+    let s = tiny(&[]).await;
     let ask = |seed: u64| {
         s.post(
             "/v1/chat/completions",
@@ -156,7 +156,7 @@ async fn seed_makes_sampling_reproducible() {
 
 #[tokio::test]
 async fn stop_sequence_survives_greedy_sampling() {
-    let s = tiny(&["--no-prefix-cache"]).await;
+    let s = tiny(&[]).await;
     let greedy = json!({"max_tokens": 30, "temperature": 0, "ignore_eos": true});
     let v: Value = s
         .post("/v1/chat/completions", chat_body("the dog", greedy.clone()))
@@ -592,7 +592,7 @@ async fn logprobs_and_min_tokens() {
 
 #[tokio::test]
 async fn min_tokens_holds_back_the_end_of_sequence() {
-    let s = tiny(&["--no-prefix-cache"]).await;
+    let s = tiny(&[]).await;
     // Greedy, this prompt ends after 5 tokens on the tiny model.
     let v: Value = s
         .post(
@@ -627,4 +627,39 @@ async fn min_tokens_holds_back_the_end_of_sequence() {
         v["usage"]["completion_tokens"].as_u64().unwrap() >= 25,
         "{v}"
     );
+}
+
+#[tokio::test]
+async fn concurrent_prompts_sharing_a_prefix_near_the_context_limit_all_complete() {
+    // Regression: with mistral.rs' prefix cache on (the old default), the longer two of these
+    // failed with 500 "kv-cache: requested capacity (1024) above max seq len (512)" although each
+    // fits the tiny model's 512-token context.
+    let s = tiny(&[]).await;
+    let prompt = |words: usize| {
+        (0..words)
+            .map(|i| format!("word{}", i % 50))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for round in 0..2 {
+        let requests = [10, 30, 50, 60].map(|words| {
+            s.post(
+                "/v1/completions",
+                json!({"model": "tiny", "prompt": prompt(words), "max_tokens": 140,
+                       "ignore_eos": true, "temperature": 0}),
+            )
+        });
+        for (r, words) in futures::future::join_all(requests)
+            .await
+            .into_iter()
+            .zip([10, 30, 50, 60])
+        {
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(status, 200, "round {round}, {words} words: {body}");
+            let usage = &body["usage"];
+            assert_eq!(usage["completion_tokens"], 140, "{body}");
+            assert!(usage["total_tokens"].as_u64().unwrap() <= 512, "{body}");
+        }
+    }
 }
