@@ -643,8 +643,9 @@ spec:
     // The cold start of the new pods does not add more than the bound.
     assert_eq!(s.replicas("chat-slow").await, 3);
     let queue = s.status("chat").await.versions[0].queue_depth;
-    let (answered, failed, last) = load.finish().await;
+    // The load stops now; the clients' last requests (2 s each) still finish.
     let stopped = Instant::now();
+    let (answered, failed, last) = load.finish().await;
     let down = wait_for("the scale-down", Duration::from_secs(60), || async {
         (s.replicas("chat-slow").await == 1).then(|| stopped.elapsed())
     })
@@ -654,6 +655,7 @@ spec:
         decided.as_secs_f64(),
         down.as_secs_f64()
     );
+    // The last busy wish is at most one interval (1 s) before the stop.
     assert!(
         down >= Duration::from_secs(5),
         "scaled down before the window: {down:?}"
