@@ -9,11 +9,20 @@ SLOTS=${SLOTS:-4}
 MODELS=$(bash e2e/models/fetch.sh | tail -1)
 GGUF=$MODELS/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 LLAMA=$(bash bench/llama-cpp.sh | tail -1)
-# The workspace's dev profile builds dependencies (mistral.rs) at opt-level 3 (see Cargo.toml).
-cargo build -q --locked -p ferry-server -p ferry-bench
+# Release build for this CPU, like llama.cpp's GGML_NATIVE=ON: candle's quantized kernels use
+# AVX2/FMA/F16C only when compiled with them. Kept apart from the workspace's target/ (a full
+# rebuild of mistral.rs); PORTABLE=1 uses the plain dev-profile binaries instead.
+if [ "${PORTABLE:-0}" = 1 ]; then
+  cargo build -q --locked -p ferry-server -p ferry-bench
+  BIN=target/debug
+else
+  T=${FERRY_CACHE:-$HOME/.cache/ferry}/target-native
+  CARGO_TARGET_DIR=$T RUSTFLAGS="-C target-cpu=native" cargo build -q --release --locked -p ferry-server -p ferry-bench
+  BIN=$T/release
+fi
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
-target/debug/ferry-server --model-path "$MODELS/smollm2" --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \
+"$BIN/ferry-server" --model-path "$MODELS/smollm2" --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \
   --served-model-name smollm2 --port 8101 --max-num-seqs "$SLOTS" --max-queue 256 --max-seq-len 2048 \
   --log-format text > "${TMPDIR:-/tmp}/ferry-bench-ferry.log" 2>&1 &
 pids+=($!)
@@ -24,6 +33,6 @@ for url in http://127.0.0.1:8101/ready http://127.0.0.1:8102/health; do
   for _ in $(seq 1 120); do curl -sf "$url" >/dev/null && break; sleep 1; done
   curl -sf "$url" >/dev/null || { echo "not ready: $url" >&2; exit 1; }
 done
-target/debug/ferry-bench sweep --url ferry=http://127.0.0.1:8101 --compare llama.cpp=http://127.0.0.1:8102 \
+"$BIN/ferry-bench" sweep --url ferry=http://127.0.0.1:8101 --compare llama.cpp=http://127.0.0.1:8102 \
   --model smollm2 --concurrency 1,2,4 --prompt-tokens 128 --output-tokens 64 --requests-per-level ${REQUESTS:-8} \
   --out "$OUT" "$@"
