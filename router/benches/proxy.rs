@@ -24,6 +24,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+/// The router's allocator, as in the `ferry-router` binary (the driver and the backend, which run
+/// from this binary too, serve every target alike).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CANNED: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14}}"#;
 const REQUEST: &str = r#"{"model":"bench","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":8}"#;
 
@@ -78,7 +83,7 @@ fn main() {
             }
         }
         let mut throughput: BTreeMap<&str, (u64, Duration)> = BTreeMap::new();
-        for _ in 0..3 {
+        for _ in 0..5 {
             for (name, port) in targets {
                 let (n, took) = run_closed_loop(&client, port, 32, Duration::from_secs(2)).await;
                 let t = throughput.entry(name).or_default();

@@ -240,7 +240,7 @@ pub async fn scrape_queue_depths(
         let reads = endpoints.into_iter().map(|e| {
             let client = client.clone();
             async move {
-                let read = tokio::time::timeout(interval, client.get_text(e.addr, "/metrics"));
+                let read = tokio::time::timeout(interval, client.get_text(&e, "/metrics"));
                 if let Ok(Ok(text)) = read.await
                     && let Some(depth) = queue_depth(&text)
                 {

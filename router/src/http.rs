@@ -1,6 +1,8 @@
 //! The HTTP face of the router: the OpenAI endpoints clients call, and `/health`, `/ready`,
 //! `/metrics`, `/internal/stats`.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -9,7 +11,8 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::uri::PathAndQuery;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -18,13 +21,14 @@ use prometheus::{Encoder, IntCounterVec, Registry, TextEncoder};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
+use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use crate::access::Access;
 use crate::error::RouterError;
 use crate::idempotency::{Begin, IdempotencyCache, Stored};
 use crate::proxy::{
-    ObservedStream, UpstreamClient, add_route_headers, response_headers, stream_response, usage_of,
+    ObservedStream, UpstreamClient, add_route_headers, stream_response, strip_hop_by_hop, usage_of,
 };
 use crate::stats::{Outcome, SeriesKey, Stats, parse_window};
 use crate::table::{Backend, Sticky, Table, choose_backend, choose_endpoint, sticky_point};
@@ -95,6 +99,10 @@ impl App {
     }
 }
 
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(generate))
@@ -109,6 +117,37 @@ pub fn router(app: Arc<App>) -> Router {
             RouterError::NotFound(format!("{} {}", req.method(), req.uri().path()))
         })
         .with_state(app)
+}
+
+/// The router as a hyper service. Generation requests (nearly all the traffic) go straight to
+/// their handler; everything else, and any other method on those paths, through `router`
+/// (which also serves the generation paths, for callers that use it as a tower service).
+pub fn service(
+    app: Arc<App>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send,
+> + Clone {
+    let router = router(app.clone());
+    hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        let router = router.clone();
+        async move {
+            let request = request.map(Body::new);
+            let generation = request.method() == Method::POST
+                && matches!(
+                    request.uri().path(),
+                    "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings"
+                );
+            if generation {
+                Ok(generate(State(app), request).await)
+            } else {
+                router.oneshot(request).await
+            }
+        }
+    })
 }
 
 /// Milliseconds on a monotonic clock, for ejection deadlines.
@@ -196,16 +235,19 @@ impl App {
 async fn generate(State(app): State<Arc<App>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let mut headers = parts.headers;
-    let request_id = headers
-        .get("x-request-id")
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..))).unwrap());
-    headers.insert("x-request-id", request_id.clone());
+    let request_id = match headers.get(X_REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let id = new_request_id();
+            headers.insert(X_REQUEST_ID, id.clone());
+            id
+        }
+    };
     let path = parts
         .uri
         .path_and_query()
-        .map_or(parts.uri.path(), |p| p.as_str())
-        .to_string();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut response = match handle(&app, &path, &headers, body).await {
         Ok(response) => response,
         Err(e) => {
@@ -213,13 +255,25 @@ async fn generate(State(app): State<Arc<App>>, request: Request) -> Response {
             app.reject(e)
         }
     };
-    response.headers_mut().insert("x-request-id", request_id);
+    response.headers_mut().insert(X_REQUEST_ID, request_id);
     response
+}
+
+/// 16 random hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u64(..);
+    let mut id = [0u8; 16];
+    for digit in id.iter_mut().rev() {
+        *digit = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
 async fn handle(
     app: &Arc<App>,
-    path: &str,
+    path: &PathAndQuery,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, RouterError> {
@@ -239,7 +293,7 @@ async fn handle(
         .ok_or_else(|| RouterError::invalid("`model` is required.", Some("model")))?;
     let stream = peek.stream.unwrap_or(false);
     let idempotency_key = headers
-        .get("idempotency-key")
+        .get(IDEMPOTENCY_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|_| !stream)
         .map(|k| format!("{}\0{model}\0{path}\0{k}", key_id.as_deref().unwrap_or("")));
@@ -292,7 +346,7 @@ async fn handle(
             guard.finish(stored);
             response
         }
-        (_, Forwarded::Whole(stored)) => replayable(&stored, false),
+        (None, Forwarded::Whole(stored)) => whole(stored),
         (_, Forwarded::Stream(response)) => response,
         (_, Forwarded::Spill) => unreachable!("a spill is answered by choosing again"),
     })
@@ -397,7 +451,7 @@ async fn forward(
     app: &Arc<App>,
     backend: &Backend,
     series: &SeriesKey,
-    path: &str,
+    path: &PathAndQuery,
     headers: &HeaderMap,
     body: Bytes,
     started: Instant,
@@ -426,9 +480,9 @@ async fn forward(
         let upstream = app
             .client
             .send(
-                endpoint.addr,
+                endpoint,
                 axum::http::Method::POST,
-                path,
+                path.clone(),
                 headers,
                 body.clone(),
             )
@@ -458,12 +512,14 @@ async fn forward(
                 return Ok(Forwarded::Spill);
             }
         }
-        let mut out_headers = response_headers(response.headers());
+        let (parts, response_body) = response.into_parts();
+        let mut out_headers = parts.headers;
+        strip_hop_by_hop(&mut out_headers);
         add_route_headers(
             &mut out_headers,
             &backend.version,
             backend.variant.as_deref(),
-            &endpoint.pod,
+            endpoint,
         );
         let is_stream = out_headers
             .get(header::CONTENT_TYPE)
@@ -471,15 +527,14 @@ async fn forward(
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
         if is_stream {
             let finish = finisher(app.clone(), series.clone(), key_id);
-            let stream =
-                ObservedStream::new(response.into_body(), status, started, in_flight, finish);
+            let stream = ObservedStream::new(response_body, status, started, in_flight, finish);
             return Ok(Forwarded::Stream(stream_response(
                 status,
                 out_headers,
                 stream,
             )));
         }
-        let collected = response.into_body().collect().await;
+        let collected = response_body.collect().await;
         drop(in_flight);
         let (body, failed) = match collected {
             Ok(c) => (c.to_bytes(), status.is_server_error()),
@@ -581,8 +636,16 @@ fn replayable(stored: &Stored, replayed: bool) -> Response {
     if replayed {
         response
             .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
+    response
+}
+
+/// A pod's whole answer for the client (nothing kept, nothing copied).
+fn whole(stored: Stored) -> Response {
+    let mut response = Response::new(Body::from(stored.body));
+    *response.status_mut() = stored.status;
+    *response.headers_mut() = stored.headers;
     response
 }
 

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -212,7 +211,7 @@ pub async fn serve(
                     .build()?;
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
-                    serve_thread(listener, http::router(app), stop).await
+                    serve_thread(listener, app, stop).await
                 })
             })?;
         workers.push(worker);
@@ -234,10 +233,10 @@ pub async fn serve(
 /// `stop`, then allowed to finish the request in progress.
 async fn serve_thread(
     listener: TcpListener,
-    router: axum::Router,
+    app: Arc<App>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let service = TowerToHyperService::new(router);
+    let service = http::service(app);
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {

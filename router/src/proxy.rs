@@ -7,38 +7,73 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::http::uri::PathAndQuery;
 use axum::http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
 };
 use bytes::Bytes;
 use futures::Stream;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use memchr::memmem;
 use serde::Deserialize;
 
 use crate::stats::Outcome;
-use crate::table::InFlight;
+use crate::table::{Endpoint, InFlight};
 
 /// Pooled HTTP/1.1 connections to the pods: one pool per thread, so a connection is driven by
-/// the thread whose requests use it.
+/// the thread whose requests use it (its task runs on that thread's event loop) and taking or
+/// giving back a connection needs no lock.
 #[derive(Clone)]
 pub struct UpstreamClient {
     id: usize,
     connect_timeout: Duration,
 }
 
-type PodClient = Client<HttpConnector, Full<Bytes>>;
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A pool: which client, which pod.
+type PoolKey = (usize, SocketAddr);
+
+/// Idle connections kept per pod and thread.
+const MAX_IDLE_PER_POD: usize = 256;
+/// An idle connection older than this is closed rather than used.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Every this many give-backs, pods' pools are swept of closed and expired connections (and
+/// pods that are gone).
+const SWEEP_EVERY: u32 = 1024;
+
+#[derive(Default)]
+struct Idle {
+    pools: HashMap<PoolKey, Vec<(Sender, Instant)>>,
+    given_back: u32,
+}
 
 thread_local! {
-    static POOLS: RefCell<HashMap<usize, PodClient>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<Idle> = RefCell::new(Idle::default());
+}
+
+/// Why a request did not reach a pod or got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect: {0}")]
+    Connect(std::io::Error),
+    #[error(transparent)]
+    Http(hyper::Error),
+}
+
+impl UpstreamError {
+    /// The pod could not be reached at all (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
 }
 
 impl UpstreamClient {
@@ -50,54 +85,167 @@ impl UpstreamClient {
         }
     }
 
-    fn client(&self) -> PodClient {
-        POOLS.with(|pools| {
-            pools
-                .borrow_mut()
-                .entry(self.id)
-                .or_insert_with(|| {
-                    let mut connector = HttpConnector::new();
-                    connector.set_nodelay(true);
-                    connector.set_connect_timeout(Some(self.connect_timeout));
-                    Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(Duration::from_secs(60))
-                        .pool_max_idle_per_host(256)
-                        .build(connector)
-                })
-                .clone()
-        })
+    /// An idle connection to `key`'s pod that can take a request now, if there is one.
+    async fn take_idle(key: PoolKey) -> Option<Sender> {
+        loop {
+            let (mut sender, since) =
+                IDLE.with(|idle| idle.borrow_mut().pools.get_mut(&key)?.pop())?;
+            // `ready` fails at once for a connection the pod has closed.
+            if since.elapsed() < IDLE_TIMEOUT && sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
     }
 
+    fn give_back(key: PoolKey, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        IDLE.with(|idle| {
+            let idle = &mut *idle.borrow_mut();
+            let pool = idle.pools.entry(key).or_default();
+            if pool.len() < MAX_IDLE_PER_POD {
+                pool.push((sender, Instant::now()));
+            }
+            idle.given_back = idle.given_back.wrapping_add(1);
+            if idle.given_back % SWEEP_EVERY == 0 {
+                idle.pools.retain(|_, pool| {
+                    pool.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+                    !pool.is_empty()
+                });
+            }
+        });
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Sender, UpstreamError> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+                Err(_) => {
+                    return Err(UpstreamError::Connect(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection after {:?}", self.connect_timeout),
+                    )));
+                }
+            };
+        // No Nagle delay between a request's head and body.
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection to a pod ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends a request to the pod, on an idle connection when there is one. A request that an
+    /// idle connection could not take (the pod had just closed it) goes on a new one.
     pub async fn send(
         &self,
-        addr: SocketAddr,
+        pod: &Endpoint,
         method: Method,
-        path_and_query: &str,
+        path_and_query: PathAndQuery,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("http://{addr}{path_and_query}"))
-            .body(Full::new(body))
-            .expect("a socket address and a path make a valid URI");
+    ) -> Result<Response<PodBody>, UpstreamError> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = Uri::from(path_and_query);
         let forwarded = request.headers_mut();
+        forwarded.reserve(headers.len() + 1);
+        forwarded.insert(header::HOST, pod.host.clone());
         for (name, value) in headers {
             if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
                 forwarded.append(name, value.clone());
             }
         }
-        self.client().request(request).await
+        let key = (self.id, pod.addr);
+        loop {
+            let (mut sender, reused) = match Self::take_idle(key).await {
+                Some(sender) => (sender, true),
+                None => (self.connect(pod.addr).await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    let body = PodBody {
+                        body,
+                        back: Some((key, sender)),
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
     }
 
     /// GET `path` from the pod as text (its `/metrics`).
-    pub async fn get_text(&self, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    pub async fn get_text(&self, pod: &Endpoint, path: &'static str) -> anyhow::Result<String> {
         let response = self
-            .send(addr, Method::GET, path, &HeaderMap::new(), Bytes::new())
+            .send(
+                pod,
+                Method::GET,
+                PathAndQuery::from_static(path),
+                &HeaderMap::new(),
+                Bytes::new(),
+            )
             .await?;
         anyhow::ensure!(response.status().is_success(), "{}", response.status());
         let body = response.into_body().collect().await?.to_bytes();
         Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// A pod's response body. Its connection goes back to the pool once the body has been read to
+/// the end; dropped before that, the connection is closed (which cancels the generation in the
+/// pod).
+pub struct PodBody {
+    body: Incoming,
+    back: Option<(PoolKey, Sender)>,
+}
+
+impl hyper::body::Body for PodBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            None => this.give_back(),
+            Some(Ok(_)) if this.body.is_end_stream() => this.give_back(),
+            Some(Ok(_)) => {}
+            Some(Err(_)) => this.back = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl PodBody {
+    fn give_back(&mut self) {
+        if let Some((key, sender)) = self.back.take() {
+            UpstreamClient::give_back(key, sender);
+        }
     }
 }
 
@@ -117,15 +265,17 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Copies a pod's response headers for the client.
-pub fn response_headers(from: &HeaderMap) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(from.len() + 3);
-    for (name, value) in from {
-        if !is_hop_by_hop(name) {
-            headers.append(name, value.clone());
-        }
+/// A pod's response headers made fit for the client: the hop-by-hop ones removed (in place;
+/// pods rarely send any, so usually nothing is touched).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(name);
     }
-    headers
 }
 
 #[derive(Deserialize)]
@@ -142,7 +292,27 @@ pub struct Usage {
 }
 
 /// Token counts from a JSON body with an OpenAI `usage` object.
+///
+/// Only the `usage` object is parsed, not the whole answer: the text `"usage"` followed by `:`
+/// can only be a key (inside a JSON string its quotes are escaped), and OpenAI-shaped answers
+/// end with it, so the last such key is read first. Anything unexpected falls back to parsing
+/// the whole body.
 pub fn usage_of(body: &[u8]) -> Usage {
+    const KEY: &[u8] = b"\"usage\"";
+    static FINDER: LazyLock<memmem::FinderRev<'static>> =
+        LazyLock::new(|| memmem::FinderRev::new(KEY));
+    let mut end = body.len();
+    while let Some(at) = FINDER.rfind(&body[..end]) {
+        end = at;
+        let Some(value) = body[at + KEY.len()..].trim_ascii_start().strip_prefix(b":") else {
+            continue; // `"usage"` as a value, not a key
+        };
+        let mut json = serde_json::Deserializer::from_slice(value);
+        if let Ok(usage) = Option::<Usage>::deserialize(&mut json) {
+            return usage.unwrap_or_default();
+        }
+        break;
+    }
     serde_json::from_slice::<UsageOnly>(body)
         .ok()
         .and_then(|u| u.usage)
@@ -156,7 +326,7 @@ pub type Finish = Box<dyn FnOnce(Outcome) + Send>;
 /// timed; a failure of the pod's connection after streaming began ends the stream with an
 /// OpenAI error event and `[DONE]`, so clients raise instead of hanging.
 pub struct ObservedStream {
-    body: Incoming,
+    body: PodBody,
     started: Instant,
     last_event: Option<Instant>,
     pending: Vec<u8>,
@@ -169,7 +339,7 @@ pub struct ObservedStream {
 
 impl ObservedStream {
     pub fn new(
-        body: Incoming,
+        body: PodBody,
         status: StatusCode,
         started: Instant,
         in_flight: InFlight,
@@ -237,7 +407,7 @@ impl ObservedStream {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memmem::find(haystack, needle)
 }
 
 /// The event a stream ends with when its pod fails mid-way.
@@ -311,16 +481,164 @@ pub fn stream_response(
     response
 }
 
+pub const X_FERRY_VERSION: HeaderName = HeaderName::from_static("x-ferry-version");
+pub const X_FERRY_VARIANT: HeaderName = HeaderName::from_static("x-ferry-variant");
+pub const X_FERRY_POD: HeaderName = HeaderName::from_static("x-ferry-pod");
+
 /// `x-ferry-*` response headers naming where a request went.
-pub fn add_route_headers(headers: &mut HeaderMap, version: &str, variant: Option<&str>, pod: &str) {
-    let mut put = |name: &'static str, value: &str| {
+pub fn add_route_headers(
+    headers: &mut HeaderMap,
+    version: &str,
+    variant: Option<&str>,
+    pod: &Endpoint,
+) {
+    let mut put = |name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), v);
+            headers.insert(name, v);
         }
     };
-    put("x-ferry-version", version);
+    put(X_FERRY_VERSION, version);
     if let Some(variant) = variant {
-        put("x-ferry-variant", variant);
+        put(X_FERRY_VARIANT, variant);
     }
-    put("x-ferry-pod", pod);
+    if let Some(pod) = &pod.pod_header {
+        headers.insert(X_FERRY_POD, pod.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn tokens(body: &str) -> (u64, u64) {
+        let u = usage_of(body.as_bytes());
+        (u.prompt_tokens, u.completion_tokens)
+    }
+
+    #[test]
+    fn usage_is_read_from_the_answer_however_it_is_written() {
+        let plain = r#"{"id":"x","choices":[{"message":{"content":"Paris."}}],"usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14}}"#;
+        assert_eq!(tokens(plain), (12, 2));
+        // Pretty-printed, and usage not last.
+        let pretty = "{\n  \"usage\" : {\"prompt_tokens\": 7, \"completion_tokens\": 3},\n  \"id\": \"x\"\n}";
+        assert_eq!(tokens(pretty), (7, 3));
+        // The word as a value, and quoted inside generated text, before the real key.
+        let decoys = r#"{"choices":[{"message":{"content":"say \"usage\": {\"prompt_tokens\": 99}"}}],"kind":"usage","usage":{"prompt_tokens":5,"completion_tokens":1}}"#;
+        assert_eq!(tokens(decoys), (5, 1));
+        // The word as the last value, after the key.
+        let value_last = r#"{"usage":{"prompt_tokens":4,"completion_tokens":2},"kind":"usage"}"#;
+        assert_eq!(tokens(value_last), (4, 2));
+        // No usage, null usage, a body that is not JSON.
+        assert_eq!(tokens(r#"{"id":"x"}"#), (0, 0));
+        assert_eq!(tokens(r#"{"id":"x","usage":null}"#), (0, 0));
+        assert_eq!(tokens("upstream connect error"), (0, 0));
+        // A `usage` key whose value is not token counts: the whole body decides.
+        assert_eq!(
+            tokens(r#"{"usage":{"prompt_tokens":8,"completion_tokens":1},"meta":{"usage":"n/a"}}"#),
+            (8, 1)
+        );
+    }
+
+    /// A raw HTTP/1.1 server on loopback: answers every GET on a connection with `ok`, and
+    /// closes each connection `close_after` answers (or never). Counts connections.
+    async fn raw_pod(close_after: Option<usize>) -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut answered = 0;
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        let n = stream.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = find(&buffer, b"\r\n\r\n") {
+                            buffer.drain(..end + 4);
+                            let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            stream.write_all(answer.as_bytes()).await.unwrap();
+                            answered += 1;
+                            if close_after == Some(answered) {
+                                return; // drops the socket: the pod closed the connection
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    #[tokio::test]
+    async fn connections_to_a_pod_are_reused_and_one_the_pod_closed_is_replaced() {
+        let client = UpstreamClient::new(Duration::from_secs(1));
+
+        let (addr, connections) = raw_pod(None).await;
+        let pod = Endpoint::new("keeps", addr);
+        for _ in 0..3 {
+            assert_eq!(client.get_text(&pod, "/metrics").await.unwrap(), "ok");
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "one connection, reused"
+        );
+
+        // The pod closes every connection after one answer, as a pod with a short keep-alive
+        // would: the idle connection is found closed and the request goes on a new one.
+        let (addr, connections) = raw_pod(Some(1)).await;
+        let pod = Endpoint::new("closes", addr);
+        for _ in 0..3 {
+            assert_eq!(client.get_text(&pod, "/metrics").await.unwrap(), "ok");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_refuses_connections_is_a_connect_error() {
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let client = UpstreamClient::new(Duration::from_secs(1));
+        let e = client
+            .get_text(&Endpoint::new("gone", addr), "/metrics")
+            .await
+            .unwrap_err();
+        let e = e.downcast::<UpstreamError>().unwrap();
+        assert!(e.is_connect(), "{e}");
+        assert!(e.to_string().starts_with("could not connect"), "{e}");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_the_rest_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        headers.append("x-request-id", HeaderValue::from_static("a"));
+        headers.append("x-request-id", HeaderValue::from_static("b"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 3);
+        assert!(headers.get(header::TRANSFER_ENCODING).is_none());
+        assert!(headers.get(header::CONNECTION).is_none());
+        assert_eq!(headers.get_all("x-request-id").iter().count(), 2);
+    }
 }

@@ -366,10 +366,10 @@ impl Stats {
     fn record_at(&self, key: &SeriesKey, o: &Outcome, second: u64) {
         // One lookup per request: the series' metric handles live next to its window slots.
         let mut windows = self.windows.lock().unwrap();
-        if !windows.contains_key(key) {
-            windows.insert(key.clone(), Series::new(self, key));
-        }
-        let series = windows.get_mut(key).expect("inserted above");
+        let series = match windows.get_mut(key) {
+            Some(series) => series,
+            None => windows.entry(key.clone()).or_insert(Series::new(self, key)),
+        };
         series.requests_with_code(self, key, o.status).inc();
         if o.failed {
             series.errors.inc();

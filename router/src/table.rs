@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::http::HeaderValue;
 use ferry_crds::StickinessKey;
 use ferry_crds::labels::fnv1a;
 
@@ -15,6 +16,11 @@ use ferry_crds::labels::fnv1a;
 pub struct Endpoint {
     pub pod: String,
     pub addr: SocketAddr,
+    /// `addr` as the `Host` header of the requests sent to the pod (made once here, not per
+    /// request).
+    pub host: HeaderValue,
+    /// `pod` as the value of the `x-ferry-pod` response header.
+    pub pod_header: Option<HeaderValue>,
     /// Requests this router has sent to the pod and not yet finished.
     in_flight: AtomicU64,
     /// `ferry_queue_depth` as last read from the pod (includes other routers' requests).
@@ -25,8 +31,11 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(pod: impl Into<String>, addr: SocketAddr) -> Self {
+        let pod = pod.into();
         Self {
-            pod: pod.into(),
+            host: HeaderValue::from_str(&addr.to_string()).expect("an address is a header value"),
+            pod_header: HeaderValue::from_str(&pod).ok(),
+            pod,
             addr,
             in_flight: AtomicU64::new(0),
             reported_depth: AtomicU64::new(0),
@@ -195,26 +204,30 @@ pub fn choose_endpoint<'a>(
     r1: u64,
     r2: u64,
 ) -> Option<&'a Arc<Endpoint>> {
-    let open: Vec<&Arc<Endpoint>> = endpoints
-        .iter()
-        .filter(|e| !exclude.contains(&e.addr))
-        .collect();
-    let healthy: Vec<&Arc<Endpoint>> = open
-        .iter()
-        .copied()
-        .filter(|e| !e.is_ejected(now_ms))
-        .collect();
-    let candidates = if healthy.is_empty() { open } else { healthy };
-    match candidates.len() {
+    let open = |e: &Arc<Endpoint>| !exclude.contains(&e.addr);
+    two_choices(endpoints, |e| open(e) && !e.is_ejected(now_ms), r1, r2)
+        .or_else(|| two_choices(endpoints, open, r1, r2))
+}
+
+/// Power of two choices among the endpoints `keep` accepts (no allocation: this runs for every
+/// request).
+fn two_choices(
+    endpoints: &[Arc<Endpoint>],
+    keep: impl Fn(&Arc<Endpoint>) -> bool,
+    r1: u64,
+    r2: u64,
+) -> Option<&Arc<Endpoint>> {
+    let nth = |i: usize| endpoints.iter().filter(|e| keep(e)).nth(i);
+    match endpoints.iter().filter(|e| keep(e)).count() {
         0 => None,
-        1 => Some(candidates[0]),
+        1 => nth(0),
         n => {
             let first = (r1 % n as u64) as usize;
             let mut second = (r2 % (n as u64 - 1)) as usize;
             if second >= first {
                 second += 1;
             }
-            let (a, b) = (candidates[first], candidates[second]);
+            let (a, b) = (nth(first)?, nth(second)?);
             Some(if b.load() < a.load() { b } else { a })
         }
     }
