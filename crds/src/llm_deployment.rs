@@ -338,6 +338,46 @@ impl PrometheusQueries {
     }
 }
 
+/// The placeholders a query template may use: `{{model}} {{version}} {{namespace}} {{name}}
+/// {{window}}` (spaces inside the braces allowed).
+pub const PROMQL_PLACEHOLDERS: [&str; 5] = ["model", "version", "namespace", "name", "window"];
+
+/// One piece of a query template, in order: what validation checks and the operator fills in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplatePiece<'a> {
+    /// Text kept as it is.
+    Text(&'a str),
+    /// `{{ name }}`: `name` trimmed, `raw` the whole placeholder with its braces.
+    Placeholder { name: &'a str, raw: &'a str },
+    /// A `{{` without a `}}` after it, with the rest of the template.
+    Unclosed(&'a str),
+}
+
+/// `template` cut into text and placeholders.
+pub fn template_pieces(template: &str) -> Vec<TemplatePiece<'_>> {
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            pieces.push(TemplatePiece::Text(&rest[..start]));
+        }
+        let Some(end) = rest[start + 2..].find("}}") else {
+            pieces.push(TemplatePiece::Unclosed(&rest[start..]));
+            return pieces;
+        };
+        let raw = &rest[start..start + 2 + end + 2];
+        pieces.push(TemplatePiece::Placeholder {
+            name: raw[2..raw.len() - 2].trim(),
+            raw,
+        });
+        rest = &rest[start + raw.len()..];
+    }
+    if !rest.is_empty() {
+        pieces.push(TemplatePiece::Text(rest));
+    }
+    pieces
+}
+
 fn default_interval_seconds() -> i32 {
     30
 }

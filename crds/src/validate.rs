@@ -5,7 +5,10 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::{LLMDeploymentSpec, ModelFormat, ModelSource, ModelVersionSpec, StickinessKey};
+use crate::{
+    LLMDeploymentSpec, ModelFormat, ModelSource, ModelVersionSpec, PROMQL_PLACEHOLDERS,
+    StickinessKey, TemplatePiece,
+};
 
 /// One broken rule: the field path (as `kubectl explain` spells it) and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,9 +70,6 @@ pub fn validate_model_version(
 pub(crate) const IMMUTABLE: &str =
     "ModelVersion spec is immutable: create a new ModelVersion instead";
 
-/// Placeholders a Prometheus query template may use.
-pub const PROMQL_PLACEHOLDERS: [&str; 5] = ["model", "version", "namespace", "name", "window"];
-
 fn check_prometheus(out: &mut Vec<Violation>, p: &crate::PrometheusSource) {
     let field = "spec.canary.analysis.prometheus";
     let scheme = p
@@ -97,27 +97,21 @@ fn check_prometheus(out: &mut Vec<Violation>, p: &crate::PrometheusSource) {
                 "must not be empty (leave it out for the default)",
             ));
         }
-        let mut rest = query.as_str();
-        while let Some(start) = rest.find("{{") {
-            let after = &rest[start + 2..];
-            let Some(end) = after.find("}}") else {
-                out.push(Violation::new(
-                    format!("{field}.queries.{name}"),
-                    "has a `{{` without its `}}`",
-                ));
-                break;
+        for piece in crate::template_pieces(query) {
+            let problem = match piece {
+                TemplatePiece::Text(_) => continue,
+                TemplatePiece::Unclosed(_) => "has a `{{` without its `}}`".to_string(),
+                TemplatePiece::Placeholder { name: known, .. }
+                    if PROMQL_PLACEHOLDERS.contains(&known) =>
+                {
+                    continue;
+                }
+                TemplatePiece::Placeholder { name: unknown, .. } => format!(
+                    "unknown placeholder {{{{{unknown}}}}} (known: {})",
+                    PROMQL_PLACEHOLDERS.join(", ")
+                ),
             };
-            let placeholder = after[..end].trim();
-            if !PROMQL_PLACEHOLDERS.contains(&placeholder) {
-                out.push(Violation::new(
-                    format!("{field}.queries.{name}"),
-                    format!(
-                        "unknown placeholder {{{{{placeholder}}}}} (known: {})",
-                        PROMQL_PLACEHOLDERS.join(", ")
-                    ),
-                ));
-            }
-            rest = &after[end + 2..];
+            out.push(Violation::new(format!("{field}.queries.{name}"), problem));
         }
     }
 }

@@ -359,3 +359,40 @@ fn cel_rules_are_evaluated() {
         BTreeSet::from(["spec: canary.version must differ from stable".to_string()])
     );
 }
+
+#[test]
+fn query_templates_are_cut_into_text_and_placeholders() {
+    use ferry_crds::{TemplatePiece::*, template_pieces};
+    assert_eq!(
+        template_pieces("rate(x{m=\"{{ model }}\"}[{{window}}]) > {{ "),
+        vec![
+            Text("rate(x{m=\""),
+            Placeholder {
+                name: "model",
+                raw: "{{ model }}"
+            },
+            Text("\"}["),
+            Placeholder {
+                name: "window",
+                raw: "{{window}}"
+            },
+            Text("]) > "),
+            Unclosed("{{ "),
+        ]
+    );
+    assert_eq!(template_pieces("up"), vec![Text("up")]);
+    assert_eq!(template_pieces(""), vec![]);
+    assert_eq!(
+        template_pieces("{{a}}{{b}}"),
+        vec![
+            Placeholder {
+                name: "a",
+                raw: "{{a}}"
+            },
+            Placeholder {
+                name: "b",
+                raw: "{{b}}"
+            },
+        ]
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferry_crds::PrometheusSource;
+use ferry_crds::{PrometheusSource, TemplatePiece, template_pieces};
 use serde::Deserialize;
 
 use crate::analysis::Measured;
@@ -25,26 +25,19 @@ pub struct Vars<'a> {
 /// are.
 pub fn render(template: &str, vars: &Vars) -> String {
     let mut out = String::with_capacity(template.len() + 32);
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            out.push_str(&rest[start..]);
-            return out;
-        };
-        let value = match after[..end].trim() {
-            "model" => escape(vars.model),
-            "version" => escape(vars.version),
-            "namespace" => escape(vars.namespace),
-            "name" => escape(vars.name),
-            "window" => format!("{}s", vars.window_seconds),
-            _ => rest[start..start + 2 + end + 2].to_string(),
-        };
-        out.push_str(&value);
-        rest = &after[end + 2..];
+    for piece in template_pieces(template) {
+        match piece {
+            TemplatePiece::Text(text) | TemplatePiece::Unclosed(text) => out.push_str(text),
+            TemplatePiece::Placeholder { name, raw } => match name {
+                "model" => out.push_str(&escape(vars.model)),
+                "version" => out.push_str(&escape(vars.version)),
+                "namespace" => out.push_str(&escape(vars.namespace)),
+                "name" => out.push_str(&escape(vars.name)),
+                "window" => out.push_str(&format!("{}s", vars.window_seconds)),
+                _ => out.push_str(raw),
+            },
+        }
     }
-    out.push_str(rest);
     out
 }
 

@@ -365,10 +365,16 @@ async fn a_good_canary_is_promoted_step_by_step_even_across_an_operator_restart(
     s.cleanup();
 }
 
-#[tokio::test]
-async fn a_slow_canary_is_rolled_back_within_the_failure_limit_and_no_request_fails() {
-    let s = setup("pd-bad").await;
-    let operator = s.operator("op", &[]);
+/// `v1` serving with 6 clients on it through the router, then the canary `v2-slow` (1.5 s of
+/// injected latency) at 50% with `analysis` and `slo`; waits up to `within` for the rollback.
+/// Returns how long after the canary took traffic the rollback came, the status then, and the
+/// load (still running).
+async fn roll_back_a_slow_canary(
+    s: &Setup,
+    analysis: &str,
+    slo: &str,
+    within: Duration,
+) -> (Duration, ferry_crds::LLMDeploymentStatus, Load) {
     apply(&s.ns, &model_version("v1", "[]"));
     apply(
         &s.ns,
@@ -379,9 +385,11 @@ async fn a_slow_canary_is_rolled_back_within_the_failure_limit_and_no_request_fa
     apply(
         &s.ns,
         &with_canary(
-            "{version: v2-slow, steps: [{weight: 50, pauseSeconds: 60}], \
-             analysis: {intervalSeconds: 3, minRequests: 3, failureLimit: 2}}",
-            "{latencyP95Ms: 1000}",
+            &format!(
+                "{{version: v2-slow, steps: [{{weight: 50, pauseSeconds: 60}}], \
+                 analysis: {analysis}}}"
+            ),
+            slo,
         ),
     );
     let analysing = wait_for(
@@ -393,12 +401,25 @@ async fn a_slow_canary_is_rolled_back_within_the_failure_limit_and_no_request_fa
         },
     )
     .await;
-    let rolled_back = wait_for("the rollback", Duration::from_secs(60), || async {
+    let rolled_back = wait_for("the rollback", within, || async {
         let status = s.status("chat").await;
         (status.phase == Some(Phase::RolledBack)).then_some(status)
     })
     .await;
-    let to_rollback = analysing.elapsed();
+    (analysing.elapsed(), rolled_back, load)
+}
+
+#[tokio::test]
+async fn a_slow_canary_is_rolled_back_within_the_failure_limit_and_no_request_fails() {
+    let s = setup("pd-bad").await;
+    let operator = s.operator("op", &[]);
+    let (to_rollback, rolled_back, load) = roll_back_a_slow_canary(
+        &s,
+        "{intervalSeconds: 3, minRequests: 3, failureLimit: 2}",
+        "{latencyP95Ms: 1000}",
+        Duration::from_secs(60),
+    )
+    .await;
     // Traffic is back on the stable (the router follows status within milliseconds).
     let at_rollback = load.answered_by();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -544,40 +565,17 @@ async fn a_slow_canary_judged_by_prometheus_promql_is_rolled_back() {
             "none=none",
         ],
     );
-    apply(&s.ns, &model_version("v1", "[]"));
-    apply(
-        &s.ns,
-        &model_version("v2-slow", "[{name: FERRY_FAULT_LATENCY_MS, value: '1500'}]"),
-    );
-    s.serve_stable("v1").await;
-    let load = Load::start(&s.router, "chat", 6);
-    apply(
-        &s.ns,
-        &with_canary(
-            &format!(
-                "{{version: v2-slow, steps: [{{weight: 50, pauseSeconds: 60}}], \
-                 analysis: {{intervalSeconds: 4, minRequests: 3, failureLimit: 2, \
-                 prometheus: {{address: '{}'}}}}}}",
-                prometheus.base
-            ),
-            "{latencyP95Ms: 1000, errorRatePercent: 5}",
+    let (to_rollback, rolled_back, load) = roll_back_a_slow_canary(
+        &s,
+        &format!(
+            "{{intervalSeconds: 4, minRequests: 3, failureLimit: 2, \
+             prometheus: {{address: '{}'}}}}",
+            prometheus.base
         ),
-    );
-    let analysing = wait_for(
-        "the canary to take traffic",
-        Duration::from_secs(120),
-        || async {
-            let state = rollout_state(&s.status("chat").await)?;
-            (state.0 == RolloutState::Analysing).then(Instant::now)
-        },
+        "{latencyP95Ms: 1000, errorRatePercent: 5}",
+        Duration::from_secs(90),
     )
     .await;
-    let rolled_back = wait_for("the rollback", Duration::from_secs(90), || async {
-        let status = s.status("chat").await;
-        (status.phase == Some(Phase::RolledBack)).then_some(status)
-    })
-    .await;
-    let to_rollback = analysing.elapsed();
     let (answered, failed, last) = load.finish().await;
     let analysis = rolled_back
         .last_analysis

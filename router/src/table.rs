@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::HeaderValue;
+use axum::http::uri::Authority;
 use ferry_crds::StickinessKey;
 use ferry_crds::labels::fnv1a;
 
@@ -16,8 +17,9 @@ use ferry_crds::labels::fnv1a;
 pub struct Endpoint {
     pub pod: String,
     pub addr: SocketAddr,
-    /// `addr` as the `Host` header of the requests sent to the pod (made once here, not per
-    /// request).
+    /// `addr` as the URI authority and the `Host` header of the requests sent to the pod (made
+    /// once here, not per request).
+    pub authority: Authority,
     pub host: HeaderValue,
     /// `pod` as the value of the `x-ferry-pod` response header.
     pub pod_header: Option<HeaderValue>,
@@ -32,8 +34,12 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(pod: impl Into<String>, addr: SocketAddr) -> Self {
         let pod = pod.into();
+        let authority =
+            Authority::try_from(addr.to_string()).expect("a socket address is an authority");
         Self {
-            host: HeaderValue::from_str(&addr.to_string()).expect("an address is a header value"),
+            host: HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a header value"),
+            authority,
             pod_header: HeaderValue::from_str(&pod).ok(),
             pod,
             addr,

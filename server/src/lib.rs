@@ -71,16 +71,27 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let load_args = args.clone();
+    let load = async move { engine::Engine::load(&load_args).await.map(Arc::new) };
+    serve_engine(args, listener, shutdown, load).await
+}
+
+/// [`serve`] with the engine `load` gives instead of one loaded from `args` (the overhead
+/// benchmark drives the very engine it serves, directly and over HTTP, in turns).
+pub async fn serve_engine(
+    args: Args,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    load: impl std::future::Future<Output = anyhow::Result<Arc<engine::Engine>>> + Send + 'static,
+) -> anyhow::Result<()> {
     let state = http::AppState::new(&args)?;
     info!(address = %listener.local_addr()?, model = %args.served_model_name, version = %args.model_version, "listening");
 
     let loader = state.clone();
-    let load_args = args.clone();
     tokio::spawn(async move {
         let started = Instant::now();
-        match engine::Engine::load(&load_args).await {
+        match load.await {
             Ok(engine) => {
-                let engine = Arc::new(engine);
                 if let Err(e) = http::warm_up(&engine).await {
                     error!(error = %e, "warm-up generation failed");
                     std::process::exit(1);
