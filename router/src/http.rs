@@ -103,11 +103,14 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
+/// The OpenAI endpoints the router forwards to a version's pods.
+const GENERATION_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(generate))
-        .route("/v1/completions", post(generate))
-        .route("/v1/embeddings", post(generate))
+        .route(GENERATION_PATHS[0], post(generate))
+        .route(GENERATION_PATHS[1], post(generate))
+        .route(GENERATION_PATHS[2], post(generate))
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
@@ -137,10 +140,7 @@ pub fn service(
         async move {
             let request = request.map(Body::new);
             let generation = request.method() == Method::POST
-                && matches!(
-                    request.uri().path(),
-                    "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings"
-                );
+                && GENERATION_PATHS.contains(&request.uri().path());
             if generation {
                 Ok(generate(State(app), request).await)
             } else {

@@ -39,12 +39,6 @@ pub struct UpstreamClient {
 
 type PodClient = Client<HttpConnector, Full<Bytes>>;
 
-/// A pod's response body.
-pub type PodBody = Incoming;
-
-/// Why a request did not reach a pod or got no answer.
-pub type UpstreamError = hyper_util::client::legacy::Error;
-
 thread_local! {
     static POOLS: RefCell<HashMap<usize, PodClient>> = RefCell::new(HashMap::new());
 }
@@ -84,7 +78,7 @@ impl UpstreamClient {
         path_and_query: PathAndQuery,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<Response<PodBody>, UpstreamError> {
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         let mut uri = axum::http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(pod.authority.clone());
@@ -167,15 +161,17 @@ pub struct Usage {
 ///
 /// Only the `usage` object is parsed, not the whole answer: the text `"usage"` followed by `:`
 /// can only be a key (inside a JSON string its quotes are escaped), and OpenAI-shaped answers
-/// end with it, so the last such key is read first. Anything unexpected falls back to parsing
-/// the whole body.
+/// end with it, so the last such key is read first. A body without the key has no usage; a key
+/// whose value is not token counts falls back to parsing the whole body.
 pub fn usage_of(body: &[u8]) -> Usage {
     const KEY: &[u8] = b"\"usage\"";
     static FINDER: LazyLock<memmem::FinderRev<'static>> =
         LazyLock::new(|| memmem::FinderRev::new(KEY));
     let mut end = body.len();
+    let mut seen = false;
     while let Some(at) = FINDER.rfind(&body[..end]) {
         end = at;
+        seen = true;
         let Some(value) = body[at + KEY.len()..].trim_ascii_start().strip_prefix(b":") else {
             continue; // `"usage"` as a value, not a key
         };
@@ -184,6 +180,9 @@ pub fn usage_of(body: &[u8]) -> Usage {
             return usage.unwrap_or_default();
         }
         break;
+    }
+    if !seen {
+        return Usage::default();
     }
     serde_json::from_slice::<UsageOnly>(body)
         .ok()
@@ -198,7 +197,7 @@ pub type Finish = Box<dyn FnOnce(Outcome) + Send>;
 /// timed; a failure of the pod's connection after streaming began ends the stream with an
 /// OpenAI error event and `[DONE]`, so clients raise instead of hanging.
 pub struct ObservedStream {
-    body: PodBody,
+    body: Incoming,
     started: Instant,
     last_event: Option<Instant>,
     pending: Vec<u8>,
@@ -211,7 +210,7 @@ pub struct ObservedStream {
 
 impl ObservedStream {
     pub fn new(
-        body: PodBody,
+        body: Incoming,
         status: StatusCode,
         started: Instant,
         in_flight: InFlight,
@@ -460,6 +459,9 @@ mod tests {
         let pod = Endpoint::new("keeps", addr);
         for _ in 0..3 {
             assert_eq!(client.get_text(&pod, "/metrics").await.unwrap(), "ok");
+            // The client puts a connection back in its pool from a task of its own, once the
+            // connection is ready again: leave it the moment it needs.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(
             connections.load(Ordering::SeqCst),
@@ -489,7 +491,7 @@ mod tests {
             .get_text(&Endpoint::new("gone", addr), "/metrics")
             .await
             .unwrap_err();
-        let e = e.downcast::<UpstreamError>().unwrap();
+        let e = e.downcast::<hyper_util::client::legacy::Error>().unwrap();
         assert!(e.is_connect(), "{e}");
     }
 
