@@ -266,6 +266,17 @@ spec: {{stable: v1, replicas: 1, servedModelName: chat, canary: {canary}, slo: {
     )
 }
 
+/// `chat` serving `stable`, scaled on queue depth by `autoscaling` (a flow-style mapping).
+fn autoscaled(stable: &str, autoscaling: &str) -> String {
+    format!(
+        "apiVersion: serving.ferry.dev/v1alpha1
+kind: LLMDeployment
+metadata: {{name: chat}}
+spec: {{stable: {stable}, autoscaling: {autoscaling}}}
+"
+    )
+}
+
 fn rollout_state(status: &ferry_crds::LLMDeploymentStatus) -> Option<(RolloutState, i32)> {
     status.rollout.as_ref().map(|r| (r.state, r.step))
 }
@@ -616,13 +627,10 @@ async fn a_queue_burst_scales_the_stable_up_and_it_scales_back_down_after_the_wi
     );
     apply(
         &s.ns,
-        "apiVersion: serving.ferry.dev/v1alpha1
-kind: LLMDeployment
-metadata: {name: chat}
-spec:
-  stable: slow
-  autoscaling: {minReplicas: 1, maxReplicas: 3, targetQueueDepth: 2, scaleDownStabilizationSeconds: 6}
-",
+        &autoscaled(
+            "slow",
+            "{minReplicas: 1, maxReplicas: 3, targetQueueDepth: 2, scaleDownStabilizationSeconds: 6}",
+        ),
     );
     s.wait_phase("chat", Phase::Available, Duration::from_secs(120))
         .await;
@@ -671,13 +679,10 @@ async fn a_version_scaled_to_zero_is_woken_by_a_held_request_and_goes_back_to_ze
     apply(&s.ns, &model_version("v1", "[]"));
     apply(
         &s.ns,
-        "apiVersion: serving.ferry.dev/v1alpha1
-kind: LLMDeployment
-metadata: {name: chat}
-spec:
-  stable: v1
-  autoscaling: {minReplicas: 0, maxReplicas: 2, targetQueueDepth: 4, scaleDownStabilizationSeconds: 5}
-",
+        &autoscaled(
+            "v1",
+            "{minReplicas: 0, maxReplicas: 2, targetQueueDepth: 4, scaleDownStabilizationSeconds: 5}",
+        ),
     );
     // Without load it starts at zero pods: available, with the reason saying so.
     s.wait_phase("chat", Phase::Available, Duration::from_secs(60))
