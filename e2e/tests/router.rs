@@ -378,6 +378,62 @@ async fn a_killed_backend_is_retried_on_another_pod() {
     assert_eq!(body["error"]["code"], "upstream_unreachable");
 }
 
+/// A pod whose network disappears while requests wait on it (no FIN, no RST, no answer: what a
+/// pod whose network is torn down before its process exits looks like): the router finds those
+/// connections dead (TCP keepalive) and sends the requests to the other pod. Nothing hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_waiting_on_a_pod_that_goes_silent_are_retried_on_another() {
+    let scene = Scene::new("router-silent").await;
+    // Both pods hold each request a while, so the least-loaded choice spreads the burst over
+    // both and requests are still waiting on the first when it goes silent.
+    let doomed = Backend::start("q", "v1", &["--fault-latency-ms", "3000"]).await;
+    let other = Backend::start("q", "v1", &["--fault-latency-ms", "300"]).await;
+    scene
+        .deployment(
+            "q",
+            "q",
+            json!({"stable": "v1"}),
+            json!([{"version": "v1", "weight": 100}]),
+        )
+        .await;
+    scene.pod("q-0", "q", "v1", doomed.addr, true).await;
+    scene.pod("q-1", "q", "v1", other.addr, true).await;
+    let router = Router::start(&scene, &["--scrape-interval-ms", "0"]).await;
+    router.wait_routable("q").await;
+
+    let started = Instant::now();
+    let burst = futures::future::join_all(
+        (0..8).map(|_| router.post("/v1/chat/completions", chat("q", json!({})))),
+    );
+    let silence = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        doomed.vanish()
+    };
+    // Without the router giving up on dead connections this would wait for the kernel's
+    // retransmission limit (about 15 minutes); a minute is far more than it needs.
+    let (responses, _vanished) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(burst, silence)
+    })
+    .await
+    .expect("requests on the silent pod hung");
+    let took = started.elapsed();
+    let mut by_pod = BTreeMap::<String, usize>::new();
+    for r in responses {
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        *by_pod.entry(header(&r, "x-ferry-pod")).or_default() += 1;
+    }
+    assert_eq!(by_pod, BTreeMap::from([("q-1".to_string(), 8)]));
+    let metrics = router.get("/metrics").await.text().await.unwrap();
+    let retried = ferry_e2e::metric_sum(&metrics, "ferry_router_retries_total", "model=\"q\"");
+    assert!(
+        retried >= 1.0,
+        "requests sent to q-0 were retried:\n{metrics}"
+    );
+    println!(
+        "silent pod: {retried} requests retried on the other pod; all 8 answered after {took:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_ready_pod_holds_the_request_then_answers_503() {
     let scene = Scene::new("router-hold").await;

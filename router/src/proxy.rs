@@ -39,6 +39,17 @@ pub struct UpstreamClient {
 
 type PodClient = Client<HttpConnector, Full<Bytes>>;
 
+/// A connection to a pod quiet for this long is probed (TCP keepalive) ...
+pub const POD_KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+/// ... every this often ...
+const POD_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// ... this many times;
+const POD_KEEPALIVE_PROBES: u32 = 3;
+/// and it is given up when nothing came back from the pod for this long while probes or data
+/// were waiting for its acknowledgement. A live pod's kernel acknowledges at once, however busy
+/// the pod is, so a slow generation is never cut.
+pub const POD_DEAD_AFTER: Duration = Duration::from_secs(10);
+
 thread_local! {
     static POOLS: RefCell<HashMap<usize, PodClient>> = RefCell::new(HashMap::new());
 }
@@ -61,6 +72,15 @@ impl UpstreamClient {
                     let mut connector = HttpConnector::new();
                     connector.set_nodelay(true);
                     connector.set_connect_timeout(Some(self.connect_timeout));
+                    // A pod whose network is torn down before its process closes its
+                    // connections sends no FIN and no RST: without these, a request waiting on
+                    // it would wait forever. Keepalive probes find such a connection dead when
+                    // it has been quiet; the user timeout when what was sent is never
+                    // acknowledged. Either way the request fails and goes to another pod.
+                    connector.set_keepalive(Some(POD_KEEPALIVE_IDLE));
+                    connector.set_keepalive_interval(Some(POD_KEEPALIVE_INTERVAL));
+                    connector.set_keepalive_retries(Some(POD_KEEPALIVE_PROBES));
+                    connector.set_tcp_user_timeout(Some(POD_DEAD_AFTER));
                     Client::builder(TokioExecutor::new())
                         .pool_idle_timeout(Duration::from_secs(60))
                         .pool_max_idle_per_host(256)

@@ -130,6 +130,31 @@ impl Backend {
         }
     }
 
+    /// Silent from now on, while the returned guard lives: every packet to and from the backend
+    /// is dropped (nft), so its connections get no FIN, no RST, no answer, as when a pod's
+    /// network is torn down before its process closes its connections.
+    pub fn vanish(&self) -> Vanished {
+        let table = format!(
+            "ferry_vanish_{}",
+            self.addr.to_string().replace(['.', ':'], "_")
+        );
+        let (ip, port) = (self.addr.ip(), self.addr.port());
+        nft(
+            &["-f", "-"],
+            &format!(
+                "table ip {table} {{
+  chain out {{
+    type filter hook output priority 0; policy accept;
+    ip daddr {ip} tcp dport {port} drop
+    ip saddr {ip} tcp sport {port} drop
+  }}
+}}
+"
+            ),
+        );
+        Vanished { table }
+    }
+
     /// The sum of the pod's `name` series whose labels contain `filter`.
     pub async fn metric(&self, name: &str, filter: &str) -> f64 {
         let text = reqwest::get(format!("http://{}/metrics", self.addr))
@@ -146,6 +171,35 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The nft rules of [`Backend::vanish`]; removed when dropped.
+pub struct Vanished {
+    table: String,
+}
+
+impl Drop for Vanished {
+    fn drop(&mut self) {
+        nft(&["delete", "table", "ip", &self.table], "");
+    }
+}
+
+fn nft(args: &[&str], stdin: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft (Debian package nftables, installed by e2e/cluster/ensure.sh; needs root)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "nft {args:?} failed: {status}");
 }
 
 /// A namespace with LLMDeployments and pods for the router to find.
