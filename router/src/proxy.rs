@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::uri::{PathAndQuery, Scheme};
+use axum::http::uri::PathAndQuery;
 use axum::http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
 };
@@ -20,9 +21,7 @@ use bytes::Bytes;
 use futures::Stream;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use memchr::memmem;
 use serde::Deserialize;
 
@@ -30,14 +29,26 @@ use crate::stats::Outcome;
 use crate::table::{Endpoint, InFlight};
 
 /// Pooled HTTP/1.1 connections to the pods: one pool per thread, so a connection is driven by
-/// the thread whose requests use it.
+/// the thread whose requests use it (its task runs on that thread's event loop) and taking or
+/// giving back a connection needs no lock.
 #[derive(Clone)]
 pub struct UpstreamClient {
     id: usize,
     connect_timeout: Duration,
 }
 
-type PodClient = Client<HttpConnector, Full<Bytes>>;
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A pool: which client, which pod.
+type PoolKey = (usize, SocketAddr);
+
+/// Idle connections kept per pod and thread.
+const MAX_IDLE_PER_POD: usize = 256;
+/// An idle connection older than this is closed rather than used.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Every this many give-backs, pods' pools are swept of closed and expired connections (and
+/// pods that are gone).
+const SWEEP_EVERY: u32 = 1024;
 
 /// A connection to a pod quiet for this long is probed (TCP keepalive) ...
 pub const POD_KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
@@ -50,8 +61,30 @@ const POD_KEEPALIVE_PROBES: u32 = 3;
 /// the pod is, so a slow generation is never cut.
 pub const POD_DEAD_AFTER: Duration = Duration::from_secs(10);
 
+#[derive(Default)]
+struct Idle {
+    pools: HashMap<PoolKey, Vec<(Sender, Instant)>>,
+    given_back: u32,
+}
+
 thread_local! {
-    static POOLS: RefCell<HashMap<usize, PodClient>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<Idle> = RefCell::new(Idle::default());
+}
+
+/// Why a request did not reach a pod or got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect: {0}")]
+    Connect(std::io::Error),
+    #[error(transparent)]
+    Http(hyper::Error),
+}
+
+impl UpstreamError {
+    /// The pod could not be reached at all (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
 }
 
 impl UpstreamClient {
@@ -63,34 +96,81 @@ impl UpstreamClient {
         }
     }
 
-    fn client(&self) -> PodClient {
-        POOLS.with(|pools| {
-            pools
-                .borrow_mut()
-                .entry(self.id)
-                .or_insert_with(|| {
-                    let mut connector = HttpConnector::new();
-                    connector.set_nodelay(true);
-                    connector.set_connect_timeout(Some(self.connect_timeout));
-                    // A pod whose network is torn down before its process closes its
-                    // connections sends no FIN and no RST: without these, a request waiting on
-                    // it would wait forever. Keepalive probes find such a connection dead when
-                    // it has been quiet; the user timeout when what was sent is never
-                    // acknowledged. Either way the request fails and goes to another pod.
-                    connector.set_keepalive(Some(POD_KEEPALIVE_IDLE));
-                    connector.set_keepalive_interval(Some(POD_KEEPALIVE_INTERVAL));
-                    connector.set_keepalive_retries(Some(POD_KEEPALIVE_PROBES));
-                    connector.set_tcp_user_timeout(Some(POD_DEAD_AFTER));
-                    Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(Duration::from_secs(60))
-                        .pool_max_idle_per_host(256)
-                        .build(connector)
-                })
-                .clone()
-        })
+    /// An idle connection to `key`'s pod that can take a request now, if there is one.
+    async fn take_idle(key: PoolKey) -> Option<Sender> {
+        loop {
+            let (mut sender, since) =
+                IDLE.with(|idle| idle.borrow_mut().pools.get_mut(&key)?.pop())?;
+            // `ready` fails at once for a connection the pod has closed.
+            if since.elapsed() < IDLE_TIMEOUT && sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
     }
 
-    /// Sends a request to the pod (on a pooled connection when there is one).
+    fn give_back(key: PoolKey, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        IDLE.with(|idle| {
+            let idle = &mut *idle.borrow_mut();
+            let pool = idle.pools.entry(key).or_default();
+            if pool.len() < MAX_IDLE_PER_POD {
+                pool.push((sender, Instant::now()));
+            }
+            idle.given_back = idle.given_back.wrapping_add(1);
+            if idle.given_back % SWEEP_EVERY == 0 {
+                idle.pools.retain(|_, pool| {
+                    pool.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+                    !pool.is_empty()
+                });
+            }
+        });
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Sender, UpstreamError> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+                Err(_) => {
+                    return Err(UpstreamError::Connect(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection after {:?}", self.connect_timeout),
+                    )));
+                }
+            };
+        // No Nagle delay between a request's head and body.
+        let _ = stream.set_nodelay(true);
+        // A pod whose network is torn down before its process closes its connections sends no
+        // FIN and no RST: without these, a request waiting on it would wait forever. Keepalive
+        // probes find such a connection dead when it has been quiet; the user timeout when what
+        // was sent is never acknowledged. Either way the request fails and goes to another pod.
+        let socket = socket2::SockRef::from(&stream);
+        socket
+            .set_tcp_keepalive(
+                &socket2::TcpKeepalive::new()
+                    .with_time(POD_KEEPALIVE_IDLE)
+                    .with_interval(POD_KEEPALIVE_INTERVAL)
+                    .with_retries(POD_KEEPALIVE_PROBES),
+            )
+            .and_then(|()| socket.set_tcp_user_timeout(Some(POD_DEAD_AFTER)))
+            .map_err(UpstreamError::Connect)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection to a pod ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends a request to the pod, on an idle connection when there is one. A request that an
+    /// idle connection could not take (the pod had just closed it) goes on a new one.
     pub async fn send(
         &self,
         pod: &Endpoint,
@@ -98,24 +178,40 @@ impl UpstreamClient {
         path_and_query: PathAndQuery,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        let mut uri = axum::http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(pod.authority.clone());
-        uri.path_and_query = Some(path_and_query);
+    ) -> Result<Response<PodBody>, UpstreamError> {
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
-        *request.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
+        *request.uri_mut() = Uri::from(path_and_query);
         let forwarded = request.headers_mut();
         forwarded.reserve(headers.len() + 1);
-        // Made once per pod; the client would otherwise format it for every request.
+        // Made once per pod, not formatted for every request.
         forwarded.insert(header::HOST, pod.host.clone());
         for (name, value) in headers {
             if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
                 forwarded.append(name, value.clone());
             }
         }
-        self.client().request(request).await
+        let key = (self.id, pod.addr);
+        loop {
+            let (mut sender, reused) = match Self::take_idle(key).await {
+                Some(sender) => (sender, true),
+                None => (self.connect(pod.addr).await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    let body = PodBody {
+                        body,
+                        back: Some((key, sender)),
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
     }
 
     /// GET `path` from the pod as text (its `/metrics`).
@@ -132,6 +228,50 @@ impl UpstreamClient {
         anyhow::ensure!(response.status().is_success(), "{}", response.status());
         let body = response.into_body().collect().await?.to_bytes();
         Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// A pod's response body. Its connection goes back to the pool once the body has been read to
+/// the end; dropped before that, the connection is closed (which cancels the generation in the
+/// pod).
+pub struct PodBody {
+    body: Incoming,
+    back: Option<(PoolKey, Sender)>,
+}
+
+impl hyper::body::Body for PodBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            None => this.give_back(),
+            Some(Ok(_)) if this.body.is_end_stream() => this.give_back(),
+            Some(Ok(_)) => {}
+            Some(Err(_)) => this.back = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl PodBody {
+    fn give_back(&mut self) {
+        if let Some((key, sender)) = self.back.take() {
+            UpstreamClient::give_back(key, sender);
+        }
     }
 }
 
@@ -217,7 +357,7 @@ pub type Finish = Box<dyn FnOnce(Outcome) + Send>;
 /// timed; a failure of the pod's connection after streaming began ends the stream with an
 /// OpenAI error event and `[DONE]`, so clients raise instead of hanging.
 pub struct ObservedStream {
-    body: Incoming,
+    body: PodBody,
     started: Instant,
     last_event: Option<Instant>,
     pending: Vec<u8>,
@@ -230,7 +370,7 @@ pub struct ObservedStream {
 
 impl ObservedStream {
     pub fn new(
-        body: Incoming,
+        body: PodBody,
         status: StatusCode,
         started: Instant,
         in_flight: InFlight,
@@ -399,7 +539,6 @@ pub fn add_route_headers(
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
     use std::sync::Arc;
 
     use super::*;
@@ -471,17 +610,15 @@ mod tests {
         (addr, connections)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    #[tokio::test]
     async fn connections_to_a_pod_are_reused_and_one_the_pod_closed_is_replaced() {
         let client = UpstreamClient::new(Duration::from_secs(1));
 
         let (addr, connections) = raw_pod(None).await;
         let pod = Endpoint::new("keeps", addr);
         for _ in 0..3 {
+            // The answer read to its end puts the connection back at once.
             assert_eq!(client.get_text(&pod, "/metrics").await.unwrap(), "ok");
-            // The client puts a connection back in its pool from a task of its own, once the
-            // connection is ready again: leave it the moment it needs.
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(
             connections.load(Ordering::SeqCst),
@@ -511,7 +648,7 @@ mod tests {
             .get_text(&Endpoint::new("gone", addr), "/metrics")
             .await
             .unwrap_err();
-        let e = e.downcast::<hyper_util::client::legacy::Error>().unwrap();
+        let e = e.downcast::<UpstreamError>().unwrap();
         assert!(e.is_connect(), "{e}");
     }
 

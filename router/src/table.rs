@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::HeaderValue;
-use axum::http::uri::Authority;
 use ferry_crds::StickinessKey;
 use ferry_crds::labels::fnv1a;
 
@@ -17,9 +16,8 @@ use ferry_crds::labels::fnv1a;
 pub struct Endpoint {
     pub pod: String,
     pub addr: SocketAddr,
-    /// `addr` as the URI authority and the `Host` header of the requests sent to the pod (made
-    /// once here, not per request).
-    pub authority: Authority,
+    /// `addr` as the `Host` header of the requests sent to the pod (made once here, not per
+    /// request).
     pub host: HeaderValue,
     /// `pod` as the value of the `x-ferry-pod` response header.
     pub pod_header: Option<HeaderValue>,
@@ -34,12 +32,8 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(pod: impl Into<String>, addr: SocketAddr) -> Self {
         let pod = pod.into();
-        let authority =
-            Authority::try_from(addr.to_string()).expect("a socket address is an authority");
         Self {
-            host: HeaderValue::from_str(authority.as_str())
-                .expect("an authority is a header value"),
-            authority,
+            host: HeaderValue::from_str(&addr.to_string()).expect("an address is a header value"),
             pod_header: HeaderValue::from_str(&pod).ok(),
             pod,
             addr,
