@@ -233,15 +233,7 @@ async fn sticky_by_header_and_routing_follows_a_traffic_change_within_a_second()
 async fn streams_pass_through_unbuffered_and_are_measured() {
     let scene = Scene::new("router-stream").await;
     let backend = Backend::start("s", "v1", &[]).await;
-    scene
-        .deployment(
-            "s",
-            "s",
-            json!({"stable": "v1"}),
-            json!([{"version": "v1", "weight": 100}]),
-        )
-        .await;
-    scene.pod("s-1", "s", "v1", backend.addr, true).await;
+    scene.serve_v1("s", &[&backend]).await;
     let router = Router::start(&scene, &[]).await;
     router.wait_routable("s").await;
 
@@ -293,17 +285,7 @@ async fn streams_pass_through_unbuffered_and_are_measured() {
 async fn a_client_that_hangs_up_mid_stream_cancels_the_generation_in_the_pod() {
     let scene = Scene::new("router-hangup").await;
     let backend = Backend::smollm2("hangup", "v1").await;
-    scene
-        .deployment(
-            "hangup",
-            "hangup",
-            json!({"stable": "v1"}),
-            json!([{"version": "v1", "weight": 100}]),
-        )
-        .await;
-    scene
-        .pod("hangup-1", "hangup", "v1", backend.addr, true)
-        .await;
+    scene.serve_v1("hangup", &[&backend]).await;
     let router = Router::start(&scene, &[]).await;
 
     let r = router
@@ -343,16 +325,8 @@ async fn a_killed_backend_is_retried_on_another_pod() {
         backends.push(Backend::start("r", "v1", &[]).await);
     }
     scene
-        .deployment(
-            "r",
-            "r",
-            json!({"stable": "v1"}),
-            json!([{"version": "v1", "weight": 100}]),
-        )
+        .serve_v1("r", &backends.iter().collect::<Vec<_>>())
         .await;
-    for (i, b) in backends.iter().enumerate() {
-        scene.pod(&format!("r-{i}"), "r", "v1", b.addr, true).await;
-    }
     let router = Router::start(&scene, &["--scrape-interval-ms", "0"]).await;
     router.wait_routable("r").await;
 
@@ -388,16 +362,7 @@ async fn requests_waiting_on_a_pod_that_goes_silent_are_retried_on_another() {
     // both and requests are still waiting on the first when it goes silent.
     let doomed = Backend::start("q", "v1", &["--fault-latency-ms", "3000"]).await;
     let other = Backend::start("q", "v1", &["--fault-latency-ms", "300"]).await;
-    scene
-        .deployment(
-            "q",
-            "q",
-            json!({"stable": "v1"}),
-            json!([{"version": "v1", "weight": 100}]),
-        )
-        .await;
-    scene.pod("q-0", "q", "v1", doomed.addr, true).await;
-    scene.pod("q-1", "q", "v1", other.addr, true).await;
+    scene.serve_v1("q", &[&doomed, &other]).await;
     let router = Router::start(&scene, &["--scrape-interval-ms", "0"]).await;
     router.wait_routable("q").await;
 
@@ -675,16 +640,7 @@ async fn requests_go_to_the_less_loaded_pod() {
         Backend::smollm2("p2c", "v1").await,
         Backend::smollm2("p2c", "v1").await,
     );
-    scene
-        .deployment(
-            "p2c",
-            "p2c",
-            json!({"stable": "v1"}),
-            json!([{"version": "v1", "weight": 100}]),
-        )
-        .await;
-    scene.pod("p2c-a", "p2c", "v1", a.addr, true).await;
-    scene.pod("p2c-b", "p2c", "v1", b.addr, true).await;
+    scene.serve_v1("p2c", &[&a, &b]).await;
     let router = Router::start(&scene, &["--scrape-interval-ms", "0"]).await;
 
     let long = router

@@ -239,6 +239,22 @@ impl Scene {
             .unwrap();
     }
 
+    /// An LLMDeployment named after `model` that sends all its traffic to version `v1`, and one
+    /// ready pod `{model}-{i}` per backend (the backends' order).
+    pub async fn serve_v1(&self, model: &str, backends: &[&Backend]) {
+        self.deployment(
+            model,
+            model,
+            json!({"stable": "v1"}),
+            json!([{"version": "v1", "weight": 100}]),
+        )
+        .await;
+        for (i, backend) in backends.iter().enumerate() {
+            self.pod(&format!("{model}-{i}"), model, "v1", backend.addr, true)
+                .await;
+        }
+    }
+
     /// A pod of `deployment`/`version` whose address is `backend`'s, ready or not.
     pub async fn pod(
         &self,
