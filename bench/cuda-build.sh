@@ -24,7 +24,9 @@ WHEELS=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
 
 if [ ! -f "$CUDA/.complete" ]; then
   echo "cuda-build: assembling the CUDA 13.0 toolkit from PyPI wheels in $CUDA" >&2
-  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  # (As e2e/models/fetch.sh makes it: a fresh Debian has no venv module until python3-venv.)
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" 2>/dev/null ||
+    { apt-get install -y -q python3-venv >/dev/null && python3 -m venv "$VENV"; }
   rm -rf "$CUDA" "$CUDA.wheels" "$CUDA.unpacked"
   "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps -d "$CUDA.wheels" "${WHEELS[@]}" >&2
   for w in "$CUDA.wheels"/*.whl; do
@@ -41,6 +43,7 @@ if [ ! -f "$CUDA/.complete" ]; then
   touch "$CUDA/.complete"
 fi
 export CUDA_HOME=$CUDA PATH=$CUDA/bin:$PATH
+command -v zstd >/dev/null || apt-get install -y -q zstd >/dev/null
 nvcc --version | tail -2 >&2
 
 # The crates (the CUDA ones are optional dependencies, locked in Cargo.lock already).
