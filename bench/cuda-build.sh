@@ -16,7 +16,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${FERRY_CACHE:-$HOME/.cache/ferry}
 CUDA=$CACHE/cuda-13.0
-VENV=$CACHE/venv
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 WHEELS=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
   nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14
@@ -24,9 +23,7 @@ WHEELS=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
 
 if [ ! -f "$CUDA/.complete" ]; then
   echo "cuda-build: assembling the CUDA 13.0 toolkit from PyPI wheels in $CUDA" >&2
-  # (As e2e/models/fetch.sh makes it: a fresh Debian has no venv module until python3-venv.)
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" 2>/dev/null ||
-    { apt-get install -y -q python3-venv >/dev/null && python3 -m venv "$VENV"; }
+  VENV=$(bash e2e/models/venv.sh)
   rm -rf "$CUDA" "$CUDA.wheels" "$CUDA.unpacked"
   "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps -d "$CUDA.wheels" "${WHEELS[@]}" >&2
   for w in "$CUDA.wheels"/*.whl; do

@@ -4,11 +4,11 @@
 # Cached in $FERRY_CACHE/llama.cpp (default ~/.cache/ferry); prints the llama-server path last.
 set -euo pipefail
 CACHE=${FERRY_CACHE:-$HOME/.cache/ferry}
-D=$CACHE/llama.cpp; VENV=$CACHE/venv
+D=$CACHE/llama.cpp
 BIN=$D/build/bin/llama-server
 if [ -x "$BIN" ]; then echo "$BIN"; exit 0; fi
 mkdir -p "$D"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+VENV=$(bash "$(dirname "$0")/../e2e/models/venv.sh")
 # cmake from PyPI; scikit-build-core so that pip can read the sdist's metadata without building
 # its build dependencies from source.
 "$VENV/bin/python" -c 'import cmake, scikit_build_core' 2>/dev/null ||

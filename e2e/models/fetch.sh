@@ -9,13 +9,10 @@
 set -euo pipefail
 SELF=$(dirname "$(readlink -f "$0")")
 CACHE=${FERRY_CACHE:-$HOME/.cache/ferry}
-M=$CACHE/models; VENV=$CACHE/venv
+M=$CACHE/models; VENV=$(bash "$SELF/venv.sh")
 SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 mkdir -p "$M"
 
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV" 2>/dev/null || { apt-get install -y -q python3-venv >/dev/null && python3 -m venv "$VENV"; }
-fi
 if ! "$VENV/bin/python" -c 'import numpy, safetensors, tokenizers, gguf, openai' 2>/dev/null; then
   "$VENV/bin/pip" install -q --disable-pip-version-check \
     numpy==2.4.6 safetensors==0.8.0 tokenizers==0.23.3 gguf==0.19.0 openai==3.54.0 >&2

@@ -147,8 +147,8 @@ impl IntoResponse for ApiError {
 }
 
 /// An engine error's message without the backtrace candle appends (`\n   0: bt\n at …`): clients
-/// get the reason, not the engine's stack.
-fn without_backtrace(message: &str) -> &str {
+/// and logs get the reason, not the engine's stack.
+pub(crate) fn without_backtrace(message: &str) -> &str {
     message
         .split("\n   0:")
         .next()

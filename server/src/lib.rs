@@ -103,7 +103,11 @@ pub async fn serve_engine(
                 );
             }
             Err(e) => {
-                error!(error = format!("{e:#}"), "model failed to load");
+                let message = format!("{e:#}");
+                error!(
+                    error = error::without_backtrace(&message),
+                    "model failed to load"
+                );
                 std::process::exit(1);
             }
         }

@@ -663,3 +663,51 @@ async fn concurrent_prompts_sharing_a_prefix_near_the_context_limit_all_complete
         }
     }
 }
+
+/// A model file the engine cannot read stops the process with exit 1 and one log line that says
+/// why, without the engine's backtrace (candle appends one when RUST_BACKTRACE is set, as it
+/// often is in pods).
+#[tokio::test]
+async fn a_model_that_fails_to_load_exits_1_with_the_reason_and_no_backtrace() {
+    let dir = std::env::temp_dir().join(format!("ferry-bad-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read(common::models_dir().join("tiny-gguf/tiny-q8_0.gguf")).unwrap();
+    std::fs::write(dir.join("cut.gguf"), &good[..4096]).unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-server"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--served-model-name",
+            "cut",
+        ])
+        .arg("--model-path")
+        .arg(&dir)
+        .args(["--gguf-file", "cut.gguf"])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("ferry-server did not exit after a failed load")
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let logs =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let line: Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "model failed to load")
+        .unwrap_or_else(|| panic!("no load error in the logs:\n{logs}"));
+    let error = line["error"].as_str().unwrap();
+    assert!(error.contains("failed to fill whole buffer"), "{error}");
+    assert!(
+        !error.contains("\n   0:") && !error.contains(".rs:"),
+        "{error}"
+    );
+}
