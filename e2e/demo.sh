@@ -1,6 +1,6 @@
 #!/bin/bash
 # Ferry's main job, one command: a real local Kubernetes running Ferry, serving SmolLM2.
-# Builds what is missing (first run, 2 cores: ~8 min for Kubernetes from Debian's source, ~30 min
+# Builds what is missing (first run, 2 cores: ~8 min for Kubernetes from Debian's source, ~19 min
 # for Ferry with mistral.rs), starts the cluster (or reuses a running one), builds the images of
 # ferry-server, ferry-operator, ferry-router and a SmolLM2 model image, installs Ferry with its Helm chart,
 # applies manifests/quickstart.yaml, waits until the model is Available, asks it a question with
@@ -55,7 +55,7 @@ else
 fi
 kubectl get nodes -o wide
 
-step "Building Ferry (the first run compiles mistral.rs: ~30 min on 2 cores) and its images (no docker: OCI tarballs imported into containerd)"
+step "Building Ferry (the first run compiles mistral.rs: ~19 min on 2 cores) and its images (no docker: OCI tarballs imported into containerd)"
 MODELS=$(bash e2e/models/fetch.sh | tail -1)
 # The build the images take their binaries from (ferry-image.sh), shown as it goes: one line that
 # counts the crates compiled (about 600 the first time; none when nothing changed).

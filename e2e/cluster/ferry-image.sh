@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds the OCI image of one of Ferry's binaries (server, operator, router) from the workspace's
-# debug build (dependencies are built at opt-level 3, see Cargo.toml) without docker, and imports
+# debug build (the engine's dependencies are optimised, see Cargo.toml) without docker, and imports
 # it into the running local cluster. Prints the image reference on its last line.
 # Usage: ferry-image.sh server|operator|router [REF]
 # The default REF is localhost/ferry/NAME:dev-<content hash>: a rebuilt binary gets a new tag, so
