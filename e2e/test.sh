@@ -23,7 +23,8 @@ FERRY_SERVER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh server 
 FERRY_OPERATOR_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh operator | tail -1)
 FERRY_ROUTER_IMAGE=$(FERRY_KUBE_RUN=$RUN bash e2e/cluster/ferry-image.sh router | tail -1)
 export FERRY_SERVER_IMAGE FERRY_OPERATOR_IMAGE FERRY_ROUTER_IMAGE
-export FERRY_HELM=$TOOLS/helm FERRY_CONTAINERD_SOCK=$RUN/containerd/containerd.sock
+. e2e/cluster/env.sh
+export FERRY_HELM=$TOOLS/helm FERRY_CONTAINERD_SOCK=$RUN/containerd/containerd.sock FERRY_CTR=$KUBE_BIN/ctr
 # A real Prometheus (Debian's package, unpacked in the cache) for the PromQL analysis test.
 FERRY_PROMETHEUS=$(bash e2e/cluster/prometheus.sh | tail -1); export FERRY_PROMETHEUS
 # The official openai client (installed by fetch.sh) for the tests that use it.

@@ -43,7 +43,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
                 .as_mut()
                 .and_then(|s| s.open_api_v3_schema.as_mut())
             {
-                drop_nullable(schema);
+                visit(schema, &mut |s| {
+                    drop_nullable(s);
+                    unsigned_as_int64(s);
+                });
             }
         }
     }
@@ -60,6 +63,28 @@ fn drop_nullable(schema: &mut JSONSchemaProps) {
     if let Some(values) = schema.enum_.as_mut() {
         values.retain(|v| !v.0.is_null());
     }
+}
+
+/// schemars writes `format: uint32` (and `uint8`, `uint64`, ...) for unsigned integers. The API
+/// server knows only `int32` and `int64` and warns on every CRD apply ("unrecognized format"), so
+/// an unsigned field is published as `int64` with the type's bounds (schemars already sets
+/// `minimum: 0` or the field's own minimum).
+fn unsigned_as_int64(schema: &mut JSONSchemaProps) {
+    let max = match schema.format.as_deref() {
+        Some("uint8") => u8::MAX as f64,
+        Some("uint16") => u16::MAX as f64,
+        Some("uint32") => u32::MAX as f64,
+        Some("uint64" | "uint") => i64::MAX as f64,
+        _ => return,
+    };
+    schema.format = Some("int64".to_string());
+    schema.maximum = Some(schema.maximum.map_or(max, |m| m.min(max)));
+    schema.minimum = Some(schema.minimum.map_or(0.0, |m| m.max(0.0)));
+}
+
+/// Calls `f` on `schema` and on every schema nested in it.
+fn visit(schema: &mut JSONSchemaProps, f: &mut impl FnMut(&mut JSONSchemaProps)) {
+    f(schema);
     let children = schema
         .properties
         .iter_mut()
@@ -69,11 +94,11 @@ fn drop_nullable(schema: &mut JSONSchemaProps) {
         .chain(schema.one_of.iter_mut().flatten())
         .chain(schema.not.as_deref_mut());
     for child in children {
-        drop_nullable(child);
+        visit(child, f);
     }
     match schema.items.as_mut() {
-        Some(JSONSchemaPropsOrArray::Schema(item)) => drop_nullable(item),
-        Some(JSONSchemaPropsOrArray::Schemas(items)) => items.iter_mut().for_each(drop_nullable),
+        Some(JSONSchemaPropsOrArray::Schema(item)) => visit(item, f),
+        Some(JSONSchemaPropsOrArray::Schemas(items)) => items.iter_mut().for_each(|i| visit(i, f)),
         None => {}
     }
 }

@@ -1,48 +1,51 @@
 #!/bin/bash
-# From scratch: Debian packages + Kubernetes v1.20.2 server binaries (apiserver, controller-manager, scheduler,
-# kubelet, kube-proxy) built from Debian bookworm's "kubernetes" source package with Debian's Go 1.19,
-# + local images (pause, busybox). Only the machine's own Debian package sources are contacted.
+# Builds the local Kubernetes from published Go modules into $KUBE_BIN (once; build.sh runs again only
+# when e2e/cluster/go/ changes): kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
+# kube-proxy (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3), containerd, its runc shim and ctr
+# (github.com/containerd/containerd/v2); then the pause and busybox images. The node's other parts
+# come from Debian: runc, the CNI plugins, iptables, conntrack, socat, nftables.
+# Needs Go (the version in go/*/go.mod or newer) and the Go module proxy; ~10 min on 2 cores.
 set -euo pipefail
 SELF=$(dirname "$(readlink -f "$0")")
-W=${W:-${FERRY_CACHE:-$HOME/.cache/ferry}/kube/build}; OUTBIN=${OUTBIN:-$W/bin}
-WHAT=${WHAT:-"cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy"}
-mkdir -p $W/apt/lists/partial $W/apt/cache/archives/partial $W/src $OUTBIN
+. "$SELF/env.sh"
+command -v go >/dev/null || { echo "build.sh: Go is not installed (Ferry's local Kubernetes is built from Go modules; Go $(awk '$1 == "go" {print $2}' "$SELF/go/kubernetes/go.mod") or newer)" >&2; exit 1; }
 t0=$(date +%s)
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q >/dev/null
-# build: go 1.19, reflect2 fix, dpkg-dev (apt-get source); control plane: etcd-server;
-# node: containerd 1.6.20 (CRI), runc 1.1.5, CNI plugins 1.1.1, iptables 1.8.9 (nft), conntrack, socat;
-# images: gcc/libc6-dev (static pause), busybox-static; cleanup: nftables (to drop the empty nft tables)
-apt-get install -y -q --no-install-recommends golang-1.19-go etcd-server rsync golang-github-modern-go-reflect2-dev dpkg-dev \
-  containerd runc containernetworking-plugins iptables conntrack socat nftables busybox-static gcc libc6-dev bc curl openssl >/dev/null
-t1=$(date +%s); echo "apt install: $((t1-t0))s"
-# deb-src entries derived from the machine's own apt sources (deb822 *.sources and/or sources.list),
-# kept in a private apt state dir so /etc/apt is not touched
-mkdir -p $W/apt/sources.list.d; : > $W/apt/sources.list
-for f in /etc/apt/sources.list.d/*.sources; do
-  [ -f "$f" ] && sed 's/^Types: deb$/Types: deb-src/' "$f" > $W/apt/sources.list.d/$(basename "$f")
+bash "$SELF/packages.sh"
+t1=$(date +%s); echo "packages: $((t1-t0))s"
+
+export CGO_ENABLED=0 GOFLAGS="-trimpath -buildvcs=false"
+mkdir -p "$FERRY_CACHE/kube"; OUT=$(mktemp -d "$FERRY_CACHE/kube/bin.XXXXXX")
+trap 'rm -rf "$OUT"' EXIT
+
+# k8s.io/kubernetes: the version it reports (kubectl version, the Node, Helm's kubeVersion check) is
+# set at link time, as its own build does (hack/lib/version.sh).
+V=$KUBE_VERSION; minor=${V#v1.}; minor=${minor%%.*}
+ldflags="-s -w"
+for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+  ldflags+=" -X $pkg.gitVersion=$V -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+  ldflags+=" -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 done
-[ -f /etc/apt/sources.list ] && sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > $W/apt/sources.list
-APTO="-o Dir::Etc::SourceList=$W/apt/sources.list -o Dir::Etc::SourceParts=$W/apt/sources.list.d -o Dir::State::Lists=$W/apt/lists -o Dir::Cache=$W/apt/cache"
-apt-get $APTO update -q >/dev/null
-(cd $W/src && apt-get $APTO source -q --download-only kubernetes=1.20.5+really1.20.2-1.1+deb12u1 >/dev/null 2>&1)
-rm -rf $W/src/kubernetes-1.20.2 && tar xzf $W/src/kubernetes_1.20.5+really1.20.2.orig.tar.gz -C $W/src
-t2=$(date +%s); echo "source fetch+extract: $((t2-t1))s"
-K=$W/src/kubernetes-1.20.2
-# Go>=1.18 fix: vendored modern-go/reflect2 v1.0.1 crashes (fatal error: fault in mapiterinit); use Debian's 1.0.2
-rm -rf $K/vendor/github.com/modern-go/reflect2
-cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 $K/vendor/github.com/modern-go/reflect2
-rm -f $K/vendor/github.com/modern-go/reflect2/go.mod
-sed -i 's#^\# github.com/modern-go/reflect2 v1.0.1 => github.com/modern-go/reflect2 v1.0.1#\# github.com/modern-go/reflect2 v1.0.2 => github.com/modern-go/reflect2 v1.0.2#' $K/vendor/modules.txt
-# -tags=dockerless (upstream build tag): no dockershim and no cadvisor docker plugin, whose RootDir() probe
-# otherwise stalls kubelet start-up for 5 s (5 x 1 s retries against the absent /var/run/docker.sock)
-cd $K
-mkdir -p $W/home
-env PATH=/usr/lib/go-1.19/bin:$PATH HOME=$W/home GOPROXY=off GOFLAGS="${KUBE_GOFLAGS--tags=dockerless}" CGO_ENABLED=0 \
-    KUBE_GIT_VERSION=v1.20.2 KUBE_GIT_TREE_STATE=clean KUBE_GIT_COMMIT=faecb196815e248d3ecfb03c680a4507229c2a56 \
-    GOLDFLAGS="-s -w" make WHAT="$WHAT" > $W/make.log 2>&1 || { tail -40 $W/make.log; exit 1; }
-for b in $WHAT; do cp _output/bin/$(basename $b) $OUTBIN/; done
-t3=$(date +%s); echo "make: $((t3-t2))s"
-K=$K IMG=${IMG:-${FERRY_CACHE:-$HOME/.cache/ferry}/kube/images} $SELF/images.sh >/dev/null
-t4=$(date +%s); echo "images: $((t4-t3))s; total $((t4-t0))s"
-ls -la $OUTBIN
+(cd "$SELF/go/kubernetes" && go build -ldflags="$ldflags" -o "$OUT/" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
+t2=$(date +%s); echo "kubernetes $V: $((t2-t1))s"
+
+(cd "$SELF/go/etcd" && go build -ldflags="-s -w" -o "$OUT/etcd" .)
+t3=$(date +%s); echo "etcd: $((t3-t2))s"
+
+# containerd: the tags of its own static build (no btrfs: that snapshotter needs cgo; the shim
+# without gRPC, as upstream builds it).
+CV=$(awk '$1 == "require" {print $3}' "$SELF/go/containerd/go.mod")
+cldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$CV"
+(cd "$SELF/go/containerd" &&
+  go build -tags "urfave_cli_no_docs no_btrfs" -ldflags="$cldflags" -o "$OUT/" \
+    github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/ctr &&
+  go build -tags "urfave_cli_no_docs no_btrfs no_grpc" -ldflags="$cldflags" -o "$OUT/" \
+    github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2)
+t4=$(date +%s); echo "containerd $CV: $((t4-t3))s"
+
+kube_build_key > "$OUT/.built-from"
+rm -rf "$KUBE_BIN"; mv "$OUT" "$KUBE_BIN"; trap - EXIT
+bash "$SELF/images.sh" >/dev/null
+t5=$(date +%s); echo "images: $((t5-t4))s; total $((t5-t0))s"
+ls -la "$KUBE_BIN"

@@ -3,8 +3,10 @@
 # pods -> kube-proxy/kubelet -> leftover containers -> containerd (+ its shims) -> control plane -> mounts,
 # links, iptables, sysctls, dirs. Every process is stopped by its recorded PID (or, for shims, by PIDs found
 # as children of our containerd / carrying our containerd socket address) - never by name.
+. "$(dirname "$(readlink -f "$0")")/env.sh"
 R=${1:-${FERRY_KUBE_RUN:-/tmp/ferry-kube}}
-KUBECTL=${KUBECTL:-${FERRY_CACHE:-$HOME/.cache/ferry}/kube/tools/kubectl}
+KUBECTL=${KUBECTL:-$KUBE_TOOLS/kubectl}
+ctr() { "$KUBE_BIN/ctr" "$@"; }
 BR=${BR:-kr0}; C=$R/containerd; CSOCK=$C/containerd.sock; HS=$R/host-state
 export KUBECONFIG=$R/kubeconfig
 stop() { # name

@@ -1,32 +1,18 @@
 #!/bin/bash
-# Makes sure the local Kubernetes is buildable and startable on this machine, building only what is missing:
-#   Debian packages (containerd, etcd, runc, CNI, iptables, ...), the v1.20.2 server binaries (built once from
-#   Debian's source into $FERRY_CACHE/kube, ~6.5 min on 2 cores), the pause/busybox images, kubectl + helm.
-# Prints the tools directory (kubectl, helm) on its last line.
+# Makes sure the local Kubernetes can start on this machine, building only what is missing: the Debian
+# packages of the node, the Kubernetes/etcd/containerd binaries (built from Go modules by build.sh into
+# $FERRY_CACHE/kube/bin, ~10 min on 2 cores, again only when e2e/cluster/go/ changes), the pause and
+# busybox images, kubectl + helm. Prints the tools directory (kubectl, helm) on its last line.
 set -euo pipefail
 SELF=$(dirname "$(readlink -f "$0")")
-CACHE=${FERRY_CACHE:-$HOME/.cache/ferry}/kube
-BIN=$CACHE/build/bin
-need_pkgs=""
-for c in etcd containerd runc iptables-nft conntrack socat nft bc curl openssl gcc unzip; do
-  command -v $c >/dev/null || need_pkgs=1
-done
-[ -d /usr/lib/cni ] || need_pkgs=1
-missing_bin=""
-for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
-  [ -x $BIN/$b ] || missing_bin=1
-done
-if [ -n "$missing_bin" ]; then
-  echo "ferry: building Kubernetes v1.20.2 from Debian's source into $CACHE (once, ~7 min)" >&2
+. "$SELF/env.sh"
+if [ "$(cat "$KUBE_BIN/.built-from" 2>/dev/null)" != "$(kube_build_key)" ]; then
+  echo "ferry: building Kubernetes $KUBE_VERSION, etcd and containerd from Go modules into $KUBE_BIN (~10 min once)" >&2
   "$SELF/build.sh" >&2
-elif [ -n "$need_pkgs" ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends etcd-server containerd runc containernetworking-plugins iptables \
-    conntrack socat nftables busybox-static gcc libc6-dev bc curl openssl unzip >/dev/null
+else
+  bash "$SELF/packages.sh"
 fi
-if [ ! -f $CACHE/images/pause.oci.tar ] || [ ! -f $CACHE/images/busybox.oci.tar ]; then
-  command -v busybox >/dev/null || apt-get install -y -q --no-install-recommends busybox-static >/dev/null
+if [ ! -f "$KUBE_IMAGES/pause.oci.tar" ] || [ ! -f "$KUBE_IMAGES/busybox.oci.tar" ]; then
   "$SELF/images.sh" >&2
 fi
 "$SELF/tools.sh"

@@ -4,12 +4,17 @@
 #   images.sh            -> builds $IMG/pause.oci.tar and $IMG/busybox.oci.tar
 #   mkimage() can be reused for any rootfs dir (e.g. a static Rust operator binary).
 # Needs: gcc + libc6-dev (static libc.a), busybox-static, python3 (only for JSON sizes; could be shell).
-# Import (containerd must be running): ctr -a $SOCK -n k8s.io images import --no-unpack? (no: unpack is needed) FILE
+# Import (containerd must be running): ctr -a $SOCK -n k8s.io images import FILE
 set -euo pipefail
-IMG=${IMG:-${FERRY_CACHE:-$HOME/.cache/ferry}/kube/images}
-K=${K:-${FERRY_CACHE:-$HOME/.cache/ferry}/kube/build/src/kubernetes-1.20.2}
-PAUSE_REF=${PAUSE_REF:-localhost/ferry/pause:3.4}
+SELF=$(dirname "$(readlink -f "$0")")
+. "$SELF/env.sh"
+IMG=${IMG:-$KUBE_IMAGES}
+PAUSE_REF=${PAUSE_REF:-localhost/ferry/pause:3.10.2}
 BUSYBOX_REF=${BUSYBOX_REF:-localhost/ferry/busybox:1.35}
+# ctr, without the cgroup v1 deprecation notice it prints on every call on this kind of host
+ctr_import() {
+  "$KUBE_BIN/ctr" -a "$1" -n k8s.io images import "$2" 2> >(grep -v 'support for cgroup v1 is deprecated' >&2)
+}
 mkdir -p $IMG
 
 # mkimage REF ROOTFS_DIR OUT.tar CONFIG_JSON_FRAGMENT
@@ -51,7 +56,7 @@ if [ "${1:-}" = bin ]; then
   N=$(basename ${REF%%:*}); mkimage $REF $R $IMG/$N.oci.tar "{\"Entrypoint\":[\"/bin/$(basename $BIN)\"],\"Env\":[\"PATH=/bin\",\"SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt\"]}"
   rm -rf $R
   CSOCK=${CSOCK:-${FERRY_KUBE_RUN:-/tmp/ferry-kube}/containerd/containerd.sock}
-  [ -S $CSOCK ] && ctr -a $CSOCK -n k8s.io images import $IMG/$N.oci.tar
+  [ -S $CSOCK ] && ctr_import $CSOCK $IMG/$N.oci.tar
   exit 0
 fi
 
@@ -65,17 +70,14 @@ if [ "${1:-}" = model ]; then
   N=model-$(basename ${REF%%:*}); mkimage $REF $R $IMG/$N.oci.tar '{"Env":["PATH=/bin"],"Cmd":["/bin/ls","-l","/models"]}'
   rm -rf $R
   CSOCK=${CSOCK:-${FERRY_KUBE_RUN:-/tmp/ferry-kube}/containerd/containerd.sock}
-  [ -S $CSOCK ] && ctr -a $CSOCK -n k8s.io images import $IMG/$N.oci.tar
+  [ -S $CSOCK ] && ctr_import $CSOCK $IMG/$N.oci.tar
   exit 0
 fi
 
-# --- pause image: compile kubernetes' own build/pause/linux/pause.c statically ---
+# --- pause image: compile Kubernetes' own build/pause/linux/pause.c (from its Go module) statically ---
 R=$(mktemp -d $IMG/rootfs.XXXXXX)
-if [ ! -f $K/build/pause/linux/pause.c ]; then  # build tree gone: take pause.c from Debian's orig tarball
-  tar xzf ${W:-${FERRY_CACHE:-$HOME/.cache/ferry}/kube/build}/src/kubernetes_1.20.5+really1.20.2.orig.tar.gz -C $IMG kubernetes-1.20.2/build/pause/linux/pause.c
-  K=$IMG/kubernetes-1.20.2
-fi
-gcc -Os -Wall -Werror -static -DVERSION=v3.4-ferry -o $R/pause $K/build/pause/linux/pause.c
+K=$(cd "$SELF/go/kubernetes" && go mod download -json k8s.io/kubernetes | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+gcc -Os -Wall -Werror -static -DVERSION=v${PAUSE_REF##*:}-ferry -o $R/pause $K/build/pause/linux/pause.c
 strip $R/pause
 mkimage $PAUSE_REF $R $IMG/pause.oci.tar '{"Entrypoint":["/pause"],"User":"65535:65535"}'
 rm -rf $R

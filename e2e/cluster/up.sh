@@ -1,17 +1,19 @@
 #!/bin/bash
-# Real single-node Kubernetes v1.20.2 on this VM, no registry, no docker:
+# Real single-node Kubernetes on this VM (the release build.sh builds from Go modules), no registry, no docker:
 #   etcd + kube-apiserver + kube-controller-manager + kube-scheduler (127.0.0.1 only)
-#   + containerd 1.6 (Debian, CRI plugin) + runc + CNI bridge "kr0" 10.88.0.0/16 + kubelet (+ kube-proxy, iptables mode)
+#   + containerd 2 (CRI plugin) + runc + CNI bridge "kr0" 10.88.0.0/16 + kubelet (+ kube-proxy, iptables mode)
 # Usage: up.sh [RUNDIR]       (stop with down.sh RUNDIR)
 #   -> RUNDIR/kubeconfig (admin), RUNDIR/*.pid, RUNDIR/*.log
-# Env: B=control-plane bins, NB=kubelet/kube-proxy bins, KUBECTL, NO_PROXY_COMPONENT=1 (skip kube-proxy),
+# Env: B=binaries (default $KUBE_BIN), KUBECTL, NO_PROXY_COMPONENT=1 (skip kube-proxy),
 #      API_PORT, ETCD_PORT, IMAGES="tar files to import" (default: pause + busybox from images.sh)
 set -euo pipefail
+SELF=$(dirname "$(readlink -f "$0")")
+. "$SELF/env.sh"
 R=${1:-${FERRY_KUBE_RUN:-/tmp/ferry-kube}}
-B=${B:-${FERRY_CACHE:-$HOME/.cache/ferry}/kube/build/bin}; NB=${NB:-$B}
-KUBECTL=${KUBECTL:-${FERRY_CACHE:-$HOME/.cache/ferry}/kube/tools/kubectl}
-IMG=${IMG:-${FERRY_CACHE:-$HOME/.cache/ferry}/kube/images}; IMAGES=${IMAGES:-"$IMG/pause.oci.tar $IMG/busybox.oci.tar"}
-PAUSE_REF=${PAUSE_REF:-localhost/ferry/pause:3.4}
+B=${B:-$KUBE_BIN}
+KUBECTL=${KUBECTL:-$KUBE_TOOLS/kubectl}
+IMG=${IMG:-$KUBE_IMAGES}; IMAGES=${IMAGES:-"$IMG/pause.oci.tar $IMG/busybox.oci.tar"}
+PAUSE_REF=${PAUSE_REF:-localhost/ferry/pause:3.10.2}
 ETCD_PORT=${ETCD_PORT:-22379}; API_PORT=${API_PORT:-26443}
 NODE=${NODE:-kr-node}; BR=${BR:-kr0}; GW=${GW:-10.88.0.1}; POD_CIDR=${POD_CIDR:-10.88.0.0/16}; SVC_CIDR=${SVC_CIDR:-10.0.0.0/16}
 P=$R/pki; C=$R/containerd; CSOCK=$C/containerd.sock; HS=$R/host-state
@@ -72,13 +74,13 @@ T1=$(now)
 
 # ---------- 2. etcd (tmpfs) + kube-apiserver ----------
 ED=$(mktemp -d /dev/shm/ferry-kube-etcd.XXXXXX); echo $ED > $R/etcd.datadir
-etcd --name t --data-dir $ED --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
+$B/etcd --name t --data-dir $ED --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
   --listen-peer-urls http://127.0.0.1:$((ETCD_PORT+1)) --initial-advertise-peer-urls http://127.0.0.1:$((ETCD_PORT+1)) \
   --initial-cluster t=http://127.0.0.1:$((ETCD_PORT+1)) --listen-metrics-urls http://127.0.0.1:$((ETCD_PORT+2)) > $R/etcd.log 2>&1 &
 echo $! > $R/etcd.pid
 until curl -sf http://127.0.0.1:$ETCD_PORT/health >/dev/null; do sleep 0.05; done
 $B/kube-apiserver --etcd-servers=http://127.0.0.1:$ETCD_PORT --bind-address=127.0.0.1 --advertise-address=$GW \
-  --secure-port=$API_PORT --insecure-port=0 --tls-cert-file=$P/apiserver.crt --tls-private-key-file=$P/apiserver.key \
+  --secure-port=$API_PORT --tls-cert-file=$P/apiserver.crt --tls-private-key-file=$P/apiserver.key \
   --client-ca-file=$P/ca.crt --service-account-issuer=https://kubernetes.default.svc --service-account-key-file=$P/sa.pub \
   --service-account-signing-key-file=$P/sa.key --service-cluster-ip-range=$SVC_CIDR \
   --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --allow-privileged=true \
@@ -94,13 +96,13 @@ echo $! > $R/api-forward.pid
 T2=$(now)
 
 # ---------- 3. controller-manager + scheduler ----------
-$B/kube-controller-manager --kubeconfig=$R/kubeconfig --leader-elect=false --port=0 --secure-port=0 --bind-address=127.0.0.1 \
+$B/kube-controller-manager --kubeconfig=$R/kubeconfig --leader-elect=false --secure-port=0 --bind-address=127.0.0.1 \
   --service-account-private-key-file=$P/sa.key --root-ca-file=$P/ca.crt --use-service-account-credentials=false \
-  --controllers='*,-nodeipam,-cloud-node-lifecycle,-service,-route,-attachdetach' \
-  --node-monitor-period=2s --node-monitor-grace-period=20s --pod-eviction-timeout=30s > $R/cm.log 2>&1 &
+  --controllers='*,-node-ipam-controller,-persistentvolume-attach-detach-controller' \
+  --node-monitor-period=2s --node-monitor-grace-period=20s > $R/cm.log 2>&1 &
 echo $! > $R/cm.pid
 $B/kube-scheduler --kubeconfig=$R/kubeconfig --authentication-kubeconfig=$R/kubeconfig --authorization-kubeconfig=$R/kubeconfig \
-  --leader-elect=false --port=0 --secure-port=0 --bind-address=127.0.0.1 > $R/sched.log 2>&1 &
+  --leader-elect=false --secure-port=0 --bind-address=127.0.0.1 > $R/sched.log 2>&1 &
 echo $! > $R/sched.pid
 T3=$(now)
 
@@ -115,46 +117,50 @@ cat > $R/cni/net.d/10-ferry-local.conflist <<EOF
  ]}
 EOF
 
-# ---------- 5. containerd (Debian 1.6, CRI plugin) with private root/state/socket ----------
+# ---------- 5. containerd 2 (CRI plugin) with private root/state/socket ----------
 cat > $C/config.toml <<EOF
-version = 2
+version = 3
 root = "$C/root"
 state = "$C/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+                    "io.containerd.snapshotter.v1.erofs"]
 [grpc]
   address = "$CSOCK"
 [debug]
   level = "info"
 [plugins."io.containerd.internal.v1.opt"]
   path = "$C/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$PAUSE_REF"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  netns_mounts_under_state_dir = true
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "$PAUSE_REF"
+[plugins."io.containerd.cri.v1.runtime"]
   enable_selinux = false
   disable_apparmor = true
+  netns_mounts_under_state_dir = true
   # this VM's root lacks CAP_SYS_RESOURCE (CapBnd 0x1fffeffffff), so runc cannot set oom_score_adj < 0
   # (pause sandbox gets -998): "nsexec: failed to update /proc/self/oom_score_adj: Permission denied".
   # restrict_oom_score_adj clamps it to containerd's own value (0).
   restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         SystemdCgroup = false
         BinaryName = "/usr/sbin/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
     conf_dir = "$R/cni/net.d"
     max_conf_num = 1
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
 EOF
-containerd --config $C/config.toml > $R/containerd.log 2>&1 &
+$B/containerd --config $C/config.toml > $R/containerd.log 2>&1 &
 echo $! > $R/containerd.pid
-until ctr -a $CSOCK version >/dev/null 2>&1; do sleep 0.1; kill -0 $(cat $R/containerd.pid) || { tail $R/containerd.log; exit 1; }; done
-for t in $IMAGES; do ctr -a $CSOCK -n k8s.io images import $t >/dev/null; done
+until $B/ctr -a $CSOCK version >/dev/null 2>&1; do sleep 0.1; kill -0 $(cat $R/containerd.pid) || { tail $R/containerd.log; exit 1; }; done
+for t in $IMAGES; do $B/ctr -a $CSOCK -n k8s.io images import $t >/dev/null 2> >(grep -v "support for cgroup v1 is deprecated" >&2); done
 T4=$(now)
 
 # ---------- 6. kubelet ----------
@@ -174,6 +180,9 @@ authentication:
   x509: {clientCAFile: $P/ca.crt}
 authorization: {mode: Webhook}
 cgroupDriver: cgroupfs
+# This VM mounts cgroup v1 (hybrid); kubelets from 1.35 refuse it unless told to accept it.
+failCgroupV1: false
+containerRuntimeEndpoint: unix://$CSOCK
 failSwapOn: false
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
 imageGCHighThresholdPercent: 100
@@ -186,14 +195,13 @@ nodeStatusUpdateFrequency: 4s
 syncFrequency: 10s
 runtimeRequestTimeout: 5m
 EOF
-$NB/kubelet --config=$R/kubelet-config.yaml --kubeconfig=$R/kubelet.kubeconfig \
-  --container-runtime=remote --container-runtime-endpoint=unix://$CSOCK \
+$B/kubelet --config=$R/kubelet-config.yaml --kubeconfig=$R/kubelet.kubeconfig \
   --root-dir=$R/kubelet --cert-dir=$R/kubelet/pki --hostname-override=$NODE --node-ip=$GW --v=${KUBELET_V:-1} > $R/kubelet.log 2>&1 &
 echo $! > $R/kubelet.pid
 
 # ---------- 7. kube-proxy (iptables mode) ----------
 if [ -z "${NO_PROXY_COMPONENT:-}" ]; then
-  $NB/kube-proxy --kubeconfig=$R/kube-proxy.kubeconfig --hostname-override=$NODE --bind-address=$GW \
+  $B/kube-proxy --kubeconfig=$R/kube-proxy.kubeconfig --hostname-override=$NODE --bind-address=$GW \
     --cluster-cidr=$POD_CIDR --proxy-mode=iptables --nodeport-addresses=$GW/32 \
     --conntrack-max-per-core=0 --conntrack-tcp-timeout-established=0 --conntrack-tcp-timeout-close-wait=0 \
     --metrics-bind-address=127.0.0.1:10249 --healthz-bind-address=127.0.0.1:10256 > $R/kube-proxy.log 2>&1 &

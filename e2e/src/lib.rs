@@ -102,18 +102,12 @@ impl Cluster {
         kube::Client::try_from(config).expect("client from kubeconfig")
     }
 
-    /// Applies the CRDs under `charts/ferry/crds` and waits until they are served. Kubernetes
-    /// before 1.25 does not know `x-kubernetes-validations`, so kubectl's client-side schema check
-    /// is off (`--validate=false`); the API server drops the CEL rules it cannot enforce.
+    /// Applies the CRDs under `charts/ferry/crds` with a plain `kubectl apply`, as the README
+    /// says, and waits until they are served.
     fn install_crds(&self) {
         let dir = repo_root().join("charts/ferry/crds");
-        self.kubectl([
-            OsStr::new("apply"),
-            OsStr::new("--validate=false"),
-            OsStr::new("-f"),
-            dir.as_os_str(),
-        ])
-        .ok("kubectl apply of the CRDs");
+        self.kubectl([OsStr::new("apply"), OsStr::new("-f"), dir.as_os_str()])
+            .ok("kubectl apply of the CRDs");
         self.kubectl([
             "wait",
             "--for=condition=Established",
@@ -187,7 +181,7 @@ impl TempNamespace {
     pub fn apply(&self, yaml: &str) {
         let file = std::env::temp_dir().join(format!("{}-{}.yaml", self.name, unique_suffix()));
         std::fs::write(&file, yaml).expect("write a temporary manifest");
-        let applied = self.kubectl(["apply", "--validate=false", "-f", file.to_str().unwrap()]);
+        let applied = self.kubectl(["apply", "-f", file.to_str().unwrap()]);
         std::fs::remove_file(&file).ok();
         applied.ok("kubectl apply");
     }

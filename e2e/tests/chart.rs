@@ -71,7 +71,6 @@ impl Release {
             chart.to_str().unwrap(),
             "-n",
             &system.name,
-            "--server-side=false",
             "--wait",
             "--timeout",
             "120s",
@@ -417,7 +416,7 @@ print("openai client ok:", len(chunks), "chunks")
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let killed = Command::new("ctr")
+    let killed = Command::new(env("FERRY_CTR"))
         .args([
             "-a",
             &env("FERRY_CONTAINERD_SOCK"),

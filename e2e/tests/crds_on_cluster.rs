@@ -1,6 +1,7 @@
-//! The CRDs on a real Kubernetes 1.20 API server: examples round-trip unchanged, `kubectl get`
-//! shows the printer columns, the scale subresource works, and every invalid manifest is rejected
-//! by the schema or, where 1.20 cannot, by `ferry_crds::validate`.
+//! The CRDs on a real, current API server: they install with `kubectl apply` and with Helm,
+//! examples round-trip unchanged, `kubectl get` shows the printer columns, the scale subresource
+//! works, every invalid manifest is refused by the API server (schema or CEL) with its documented
+//! message, and a ModelVersion's spec cannot change.
 
 use std::path::{Path, PathBuf};
 
@@ -29,7 +30,7 @@ fn documents(path: &Path) -> Vec<Value> {
 }
 
 fn apply(ns: &TempNamespace, path: &Path) -> ferry_e2e::Kubectl {
-    ns.kubectl(["apply", "--validate=false", "-f", path.to_str().unwrap()])
+    ns.kubectl(["apply", "-f", path.to_str().unwrap()])
 }
 
 fn get_json(ns: &TempNamespace, kind: &str, name: &str) -> Value {
@@ -257,68 +258,249 @@ fn kubectl_scale_drives_the_scale_subresource() {
     );
 }
 
+/// Every file under `manifests/invalid/` is refused by the API server itself, with the message its
+/// `# error:` line documents. The CEL ones (`# rejected-by: cel`) are also caught by
+/// `ferry_crds::validate`, with the message of their `# validate:` line: the operator's
+/// `InvalidSpec` says what the API server says, on clusters without CEL too.
 #[test]
-fn invalid_manifests_are_rejected_by_the_schema_or_by_validate() {
+fn invalid_manifests_are_refused_by_the_api_server_with_the_documented_message() {
     let ns = Cluster::get().temp_namespace("invalid");
-    let mut operator_only = Vec::new();
+    let mut cel_rules = Vec::new();
     for file in yaml_files("manifests/invalid") {
         let text = std::fs::read_to_string(&file).unwrap();
         let header = |key: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(&format!("# {key}: ")))
-                .unwrap_or_else(|| panic!("{} lacks a `# {key}:` line", file.display()))
-                .to_string()
+                .map(String::from)
         };
-        let (by, error) = (header("rejected-by"), header("error"));
+        let required = |key: &str| {
+            header(key).unwrap_or_else(|| panic!("{} lacks a `# {key}:` line", file.display()))
+        };
+        let (by, error) = (required("rejected-by"), required("error"));
         let out = apply(&ns, &file);
+        assert!(
+            !out.success,
+            "{} was accepted; the API server should refuse it",
+            file.display()
+        );
+        assert!(
+            out.stderr.contains(&error),
+            "{}: expected {error:?} in:\n{}",
+            file.display(),
+            out.stderr
+        );
         match by.as_str() {
-            "schema" => {
-                assert!(
-                    !out.success,
-                    "{} was accepted, but the schema should reject it",
-                    file.display()
-                );
-                assert!(
-                    out.stderr.contains(&error),
-                    "{}: expected {error:?} in:\n{}",
-                    file.display(),
-                    out.stderr
-                );
-            }
-            "operator" => {
-                // Kubernetes 1.20 stores it (CEL is not enforced there); validate() must catch it.
-                out.ok(&format!("kubectl apply -f {}", file.display()));
+            "schema" => {}
+            "cel" => {
+                let expected = required("validate");
                 let doc = &documents(&file)[0];
-                let name = doc["metadata"]["name"].as_str().unwrap();
-                let kind = doc["kind"].as_str().unwrap();
-                let stored = get_json(&ns, kind, name);
-                let violations = match kind {
-                    "ModelVersion" => serde_json::from_value::<ModelVersion>(stored)
+                let violations = match doc["kind"].as_str().unwrap() {
+                    "ModelVersion" => serde_json::from_value::<ModelVersion>(doc.clone())
                         .unwrap()
                         .spec
                         .violations(),
-                    _ => serde_json::from_value::<LLMDeployment>(stored)
+                    _ => serde_json::from_value::<LLMDeployment>(doc.clone())
                         .unwrap()
                         .spec
                         .violations(),
                 };
                 let messages: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
                 assert!(
-                    messages.contains(&error),
-                    "{}: expected {error:?} in {messages:?}",
+                    messages.contains(&expected),
+                    "{}: ferry_crds::validate should report {expected:?}, got {messages:?}",
                     file.display()
                 );
-                operator_only.push(error);
+                let rule = expected.split_once(": ").unwrap().1;
+                assert!(
+                    error.ends_with(rule),
+                    "{}: the API server's message and validate's differ",
+                    file.display()
+                );
+                cel_rules.push(rule.to_string());
             }
             other => panic!(
-                "{}: rejected-by must be schema or operator, not {other}",
+                "{}: rejected-by must be schema or cel, not {other}",
                 file.display()
             ),
         }
+        // Nothing of it was stored.
+        let name = documents(&file)[0]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let kind = documents(&file)[0]["kind"].as_str().unwrap().to_string();
+        let got = ns.kubectl(["get", &kind, &name]);
+        assert!(
+            !got.success && got.stderr.contains("NotFound"),
+            "{}",
+            got.stderr
+        );
     }
-    println!("Rules Kubernetes 1.20 does not enforce (CEL), caught by ferry_crds::validate:");
-    for rule in &operator_only {
+    println!("CEL rules the API server enforced (and ferry_crds::validate reports the same):");
+    for rule in &cel_rules {
         println!("  - {rule}");
     }
-    assert!(operator_only.len() >= 6, "{operator_only:?}");
+    assert!(cel_rules.len() >= 11, "{cel_rules:?}");
+}
+
+/// `self == oldSelf`: the API server refuses any change to a ModelVersion's spec (what makes a
+/// rollback return exactly what was served before); its metadata and status stay writable.
+#[test]
+fn the_api_server_refuses_a_change_to_a_model_version_spec() {
+    let ns = Cluster::get().temp_namespace("immutable");
+    apply_examples(&ns);
+    let before = get_json(&ns, "mv", "smollm2-135m-q4");
+    let out = ns.kubectl([
+        "patch",
+        "mv",
+        "smollm2-135m-q4",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"engine":{"maxNumSeqs":2}}}"#,
+    ]);
+    assert!(!out.success, "the spec change was accepted");
+    assert!(
+        out.stderr
+            .contains("ModelVersion spec is immutable: create a new ModelVersion instead"),
+        "{}",
+        out.stderr
+    );
+    // `kubectl apply` of an edited file is refused the same way.
+    let file = std::env::temp_dir().join(format!("{}-mv.yaml", ns.name));
+    let mut doc = documents(&repo_root().join("manifests/examples/modelversion-smollm2.yaml"))
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "smollm2-135m-q4")
+        .expect("the example ModelVersion");
+    doc["spec"]["files"] = json!(["other.gguf"]);
+    std::fs::write(&file, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    let out = apply(&ns, &file);
+    std::fs::remove_file(&file).ok();
+    assert!(!out.success, "the edited file was applied");
+    assert!(
+        out.stderr.contains("ModelVersion spec is immutable"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        get_json(&ns, "mv", "smollm2-135m-q4")["spec"],
+        before["spec"]
+    );
+
+    ns.kubectl(["label", "mv", "smollm2-135m-q4", "team=search"])
+        .ok("a label on a ModelVersion");
+}
+
+/// The CRDs install on a cluster that has never seen them, with a plain `kubectl apply` (client-side
+/// apply, kubectl's default server-side field validation) and with Helm's default server-side apply,
+/// without a warning. Each way installs a copy under a group of its own (the real group is in use
+/// by the other tests), so this is a real first install, CEL cost checks included.
+#[test]
+fn crds_install_with_plain_kubectl_apply_and_with_helm_server_side_apply() {
+    let cluster = Cluster::get();
+    let ns = cluster.temp_namespace("crd-install");
+    let helm = std::env::var("FERRY_HELM").expect("FERRY_HELM is set by e2e/test.sh");
+    let dir = std::env::temp_dir().join(format!("{}-crds", ns.name));
+    std::fs::create_dir_all(dir.join("chart/crds")).unwrap();
+    let copies = |group: &str| -> Vec<(String, String)> {
+        yaml_files("charts/ferry/crds")
+            .iter()
+            .map(|file| {
+                let mut crd = documents(file).remove(0);
+                // Names of their own too: kubectl resolves kinds, plurals, short names and
+                // categories across groups, and the other tests use `mv`, `llmd` and `ferry`.
+                let names = crd["spec"]["names"].as_object_mut().unwrap();
+                names.remove("shortNames");
+                names.remove("categories");
+                names.remove("listKind");
+                for (key, suffix) in [("kind", "Copy"), ("plural", "copies"), ("singular", "copy")]
+                {
+                    if let Some(name) = names.get(key).and_then(|n| n.as_str()) {
+                        let name = format!("{name}{suffix}");
+                        names.insert(key.to_string(), json!(name));
+                    }
+                }
+                let plural = names["plural"].as_str().unwrap().to_string();
+                crd["spec"]["group"] = json!(group);
+                crd["metadata"]["name"] = json!(format!("{plural}.{group}"));
+                (
+                    format!("{plural}.{group}"),
+                    serde_yaml::to_string(&crd).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let kubectl_group = format!("{}.kubectl.ferry.dev", ns.name);
+    let helm_group = format!("{}.helm.ferry.dev", ns.name);
+    let mut names = Vec::new();
+
+    for (name, yaml) in copies(&kubectl_group) {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let out = cluster.kubectl(["apply", "-f", file.to_str().unwrap()]);
+        let stderr = out.stderr.clone();
+        out.ok("kubectl apply of a CRD");
+        assert!(
+            !stderr.contains("Warning"),
+            "kubectl apply warned:\n{stderr}"
+        );
+        names.push(name);
+    }
+
+    std::fs::write(
+        dir.join("chart/Chart.yaml"),
+        "apiVersion: v2\nname: crds\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    for (name, yaml) in copies(&helm_group) {
+        std::fs::write(dir.join(format!("chart/crds/{name}.yaml")), yaml).unwrap();
+        names.push(name);
+    }
+    let release = format!("crds-{}", ns.name);
+    let out = std::process::Command::new(&helm)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .args([
+            "install",
+            &release,
+            dir.join("chart").to_str().unwrap(),
+            "-n",
+            &ns.name,
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "helm install failed:\n{text}");
+    assert!(!text.contains("Warning"), "helm warned:\n{text}");
+
+    let mut wait = vec![
+        "wait".to_string(),
+        "--for=condition=Established".to_string(),
+        "--timeout=60s".to_string(),
+    ];
+    wait.extend(names.iter().map(|n| format!("crd/{n}")));
+    let waited = cluster.kubectl(&wait);
+    // Helm wrote them with server-side apply (its default), as field manager `helm`.
+    let managers = cluster.kubectl([
+        "get",
+        "crd",
+        names.last().unwrap(),
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation} {end}",
+    ]);
+    for name in &names {
+        cluster.kubectl(["delete", "crd", name, "--wait=false"]);
+    }
+    std::process::Command::new(&helm)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .args(["uninstall", &release, "-n", &ns.name])
+        .output()
+        .ok();
+    std::fs::remove_dir_all(&dir).ok();
+    waited.ok("the copies are Established");
+    let managers = managers.ok("managed fields");
+    assert!(managers.contains("helm/Apply"), "{managers}");
 }

@@ -305,56 +305,18 @@ pub fn restricted_kubeconfig(ns: &TempNamespace) -> PathBuf {
             &format!("kind: ClusterRole\n  name: ferry-operator-{}\n", ns.name),
         );
     apply(ns, &rbac);
-    let token = std::thread::spawn({
-        let ns = ns.name.clone();
-        move || {
-            let started = Instant::now();
-            loop {
-                let secret = cluster
-                    .kubectl([
-                        "-n",
-                        &ns,
-                        "get",
-                        "sa",
-                        "ferry-operator",
-                        "-o",
-                        "jsonpath={.secrets[0].name}",
-                    ])
-                    .stdout;
-                if !secret.is_empty() {
-                    let token = cluster
-                        .kubectl([
-                            "-n",
-                            &ns,
-                            "get",
-                            "secret",
-                            &secret,
-                            "-o",
-                            "jsonpath={.data.token}",
-                        ])
-                        .ok("token secret");
-                    let decoded = Command::new("base64")
-                        .arg("-d")
-                        .stdin(Stdio::piped())
-                        .stdout(Stdio::piped())
-                        .spawn()
-                        .and_then(|mut c| {
-                            use std::io::Write;
-                            c.stdin.take().unwrap().write_all(token.as_bytes())?;
-                            c.wait_with_output()
-                        });
-                    return String::from_utf8(decoded.unwrap().stdout).unwrap();
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "no token for the ServiceAccount"
-                );
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        }
-    })
-    .join()
-    .unwrap();
+    // A bound token from the TokenRequest API (ServiceAccounts have no token Secrets since 1.24).
+    let token = cluster
+        .kubectl([
+            "-n",
+            &ns.name,
+            "create",
+            "token",
+            "ferry-operator",
+            "--duration=2h",
+        ])
+        .ok("kubectl create token");
+    let token = token.trim();
     let admin = std::fs::read_to_string(cluster.kubeconfig()).unwrap();
     let ca = admin
         .split("certificate-authority-data: ")
