@@ -112,6 +112,11 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub router_stats_urls: Vec<String>,
+    /// How the `image` source reaches the pods: `auto` mounts the model image as an image volume
+    /// where the API server is 1.35 or newer (the feature is on by default there, GA in 1.36) and
+    /// copies the weights with an init container elsewhere; `always` and `never` decide outright.
+    #[arg(long, env = "FERRY_IMAGE_VOLUMES", value_enum, default_value = "auto")]
+    pub image_volumes: ImageVolumes,
     /// Seconds between two looks at the pods' queue depth for LLMDeployments with autoscaling.
     #[arg(long, env = "FERRY_AUTOSCALE_INTERVAL_SECONDS", default_value_t = 5)]
     pub autoscale_interval_seconds: u64,
@@ -124,6 +129,30 @@ pub struct Args {
 pub enum LogFormat {
     Json,
     Text,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageVolumes {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ImageVolumes {
+    /// Whether to use image volumes on an API server of this version (`/version`'s `major` and
+    /// `minor`; a minor such as `"35+"` counts as 35).
+    pub fn enabled(self, major: &str, minor: &str) -> bool {
+        let number = |s: &str| {
+            s.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse::<u32>()
+                .ok()
+        };
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::Auto => matches!((number(major), number(minor)), (Some(1), Some(m)) if m >= 35),
+        }
+    }
 }
 
 /// What every reconcile shares: the client, caches of the watched kinds, settings, metrics.
@@ -286,6 +315,20 @@ async fn run_controllers(
     let (services, service_stream) = reflected(api::<Service>(&client, ns), ours.clone());
     let (pods, pod_stream) = reflected(api::<Pod>(&client, ns), ours);
 
+    let image_volumes = match args.image_volumes {
+        ImageVolumes::Auto => {
+            let version = client.apiserver_version().await?;
+            let on = args.image_volumes.enabled(&version.major, &version.minor);
+            info!(
+                version = %version.git_version,
+                image_volumes = on,
+                "image source: {}",
+                if on { "image volumes" } else { "init container copies" }
+            );
+            on
+        }
+        other => other.enabled("", ""),
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: Settings {
@@ -294,6 +337,7 @@ async fn run_controllers(
                 drain_seconds: args.drain_seconds,
                 hf_endpoint: args.hf_endpoint.clone(),
                 startup_seconds: args.startup_seconds,
+                image_volumes,
             },
             router_endpoint: args.router_endpoint.clone(),
         },

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use ferry_crds::{EngineSpec, ModelFormat, ModelSource, ModelVersionSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    PersistentVolumeClaimVolumeSource, PodSpec, Probe, ResourceRequirements, SecretKeySelector,
-    Volume, VolumeMount,
+    ImageVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec, Probe, ResourceRequirements,
+    SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -30,6 +30,9 @@ pub struct ServerSettings {
     /// Seconds a pod may take from start to its first successful `/ready` (pull, copy or download,
     /// load, warm-up) before the kubelet restarts it.
     pub startup_seconds: u32,
+    /// The `image` source as an image volume (Kubernetes 1.35+: the kubelet mounts the model image
+    /// read-only, nothing is copied); otherwise an init container copies the weights out of it.
+    pub image_volumes: bool,
 }
 
 impl Default for ServerSettings {
@@ -39,6 +42,7 @@ impl Default for ServerSettings {
             drain_seconds: 30,
             hf_endpoint: None,
             startup_seconds: 1800,
+            image_volumes: false,
         }
     }
 }
@@ -158,6 +162,24 @@ fn delivery(spec: &ModelVersionSpec, server_image: &str, settings: &ServerSettin
                 ..Default::default()
             }),
             server_mount: Some(mount("model", MODELS_DIR, true)),
+            init: None,
+            files: spec.files.clone(),
+        },
+        ModelSource::Image(image) if settings.image_volumes => Delivery {
+            model_path: MODELS_DIR.into(),
+            volume: Some(Volume {
+                name: "model".into(),
+                image: Some(ImageVolumeSource {
+                    reference: Some(image.reference.clone()),
+                    pull_policy: Some("IfNotPresent".into()),
+                }),
+                ..Default::default()
+            }),
+            // The image's `path` is the volume's sub-path, so the server sees only the weights.
+            server_mount: Some(VolumeMount {
+                sub_path: Some(image.path.trim_matches('/').to_string()).filter(|p| !p.is_empty()),
+                ..mount("model", MODELS_DIR, true)
+            }),
             init: None,
             files: spec.files.clone(),
         },

@@ -15,6 +15,7 @@ fn settings() -> Settings {
             drain_seconds: 20,
             hf_endpoint: Some("http://10.88.0.1:9000".into()),
             startup_seconds: 600,
+            image_volumes: false,
         },
         router_endpoint: "http://10.0.0.9:8080/v1".into(),
     }
@@ -158,6 +159,93 @@ fn pvc_gguf_on_cpu_builds_a_deployment_two_services_and_a_pending_status() {
         status["selector"],
         "serving.ferry.dev/llmdeployment=chat,serving.ferry.dev/version=v1"
     );
+}
+
+#[test]
+fn with_image_volumes_the_model_image_is_mounted_read_only_and_nothing_is_copied() {
+    let mut settings = settings();
+    settings.server.image_volumes = true;
+    let versions = mv(
+        "v1",
+        "{source: {image: {reference: 'localhost/models/tiny:1', path: /weights/}}, format: gguf, files: [m.gguf], resources: {gpus: 0}}",
+    );
+    let out = build(
+        &llmd("{stable: v1}"),
+        &versions,
+        &BTreeMap::new(),
+        &settings,
+    );
+    let dep = &out.deployments[0];
+    assert!(init(dep).is_none(), "no copy step");
+    let c = server(dep);
+    assert_eq!(arg(c, "--model-path"), Some("/models"));
+    assert_eq!(arg(c, "--gguf-file"), Some("m.gguf"));
+    let pod = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "model")
+        .unwrap();
+    assert_eq!(
+        json(&volume.image),
+        serde_json::json!({"reference": "localhost/models/tiny:1", "pullPolicy": "IfNotPresent"})
+    );
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "model")
+        .unwrap();
+    assert_eq!(
+        json(mount),
+        serde_json::json!({"name": "model", "mountPath": "/models", "readOnly": true, "subPath": "weights"})
+    );
+
+    // An image whose weights sit at its root needs no sub-path.
+    let versions = mv(
+        "v1",
+        "{source: {image: {reference: 'localhost/models/tiny:1', path: /}}, format: gguf, files: [m.gguf], resources: {gpus: 0}}",
+    );
+    let out = build(
+        &llmd("{stable: v1}"),
+        &versions,
+        &BTreeMap::new(),
+        &settings,
+    );
+    let c = server(&out.deployments[0]);
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "model")
+        .unwrap();
+    assert_eq!(mount.sub_path, None);
+}
+
+#[test]
+fn image_volumes_are_used_from_kubernetes_1_35_unless_told_otherwise() {
+    use ferry_operator::ImageVolumes;
+    for (major, minor, auto) in [
+        ("1", "37", true),
+        ("1", "35", true),
+        ("1", "36+", true),
+        ("1", "34", false),
+        ("1", "20", false),
+        ("1", "", false),
+        ("2", "0", false),
+    ] {
+        assert_eq!(
+            ImageVolumes::Auto.enabled(major, minor),
+            auto,
+            "{major}.{minor}"
+        );
+        assert!(ImageVolumes::Always.enabled(major, minor));
+        assert!(!ImageVolumes::Never.enabled(major, minor));
+    }
 }
 
 #[test]

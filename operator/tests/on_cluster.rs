@@ -9,7 +9,8 @@ use common::{Operator, apply, llm_deployment, tiny_model_claim, tiny_model_versi
 use ferry_crds::{LLMDeployment, ModelVersion, Phase};
 use ferry_e2e::Cluster;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 const POD_START: Duration = Duration::from_secs(120);
@@ -413,6 +414,23 @@ async fn image_url_and_hugging_face_sources_deliver_the_weights() {
         let d = available(&llmds, name).await;
         assert_eq!(d.status.unwrap().ready.as_deref(), Some("1/1"), "{name}");
     }
+    // On this API server (1.35 or newer) the model image is mounted as an image volume: the pod
+    // that serves it has no copy step.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod = &pods
+        .list(&ListParams::default().labels("serving.ferry.dev/llmdeployment=img"))
+        .await
+        .unwrap()
+        .items[0];
+    let spec = pod.spec.as_ref().unwrap();
+    assert!(spec.init_containers.is_none(), "{:?}", spec.init_containers);
+    let image = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.image.as_ref())
+        .expect("an image volume");
+    assert_eq!(image.reference.as_deref(), Some(model_image.as_str()));
     // A download with the wrong checksum never starts the server.
     let log = wait_for(
         "the fetch container's checksum error",
@@ -432,6 +450,36 @@ async fn image_url_and_hugging_face_sources_deliver_the_weights() {
     assert!(log.contains(&format!("got {sha}")), "{log}");
     let bad = llmds.get("bad").await.unwrap();
     assert_eq!(bad.status.unwrap().phase, Some(Phase::Pending));
+}
+
+#[tokio::test]
+async fn without_image_volumes_an_init_container_copies_the_weights_out_of_the_model_image() {
+    let cluster = Cluster::get();
+    let ns = cluster.temp_namespace("op-copy");
+    let client = cluster.client().await;
+    let _operator = Operator::start(&ns, "op-copy", &["--image-volumes", "never"]);
+    let model_image =
+        std::env::var("FERRY_MODEL_IMAGE").expect("FERRY_MODEL_IMAGE is set by e2e/test.sh");
+    apply(
+        &ns,
+        &tiny_model_version(
+            "from-image",
+            &format!("{{image: {{reference: '{model_image}', path: /models}}}}"),
+        ),
+    );
+    apply(&ns, &llm_deployment("img", "from-image", 1));
+    let llmds: Api<LLMDeployment> = Api::namespaced(client.clone(), &ns.name);
+    available(&llmds, "img").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod = &pods
+        .list(&ListParams::default().labels("serving.ferry.dev/llmdeployment=img"))
+        .await
+        .unwrap()
+        .items[0];
+    let spec = pod.spec.as_ref().unwrap();
+    let init = &spec.init_containers.as_ref().expect("a copy step")[0];
+    assert_eq!(init.image.as_deref(), Some(model_image.as_str()));
+    assert!(spec.volumes.iter().flatten().all(|v| v.image.is_none()));
 }
 
 #[tokio::test]
