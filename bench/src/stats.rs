@@ -40,7 +40,8 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// What one SSE response of a chat completion said, fed line by line.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct StreamTally {
-    /// Seconds (since the request was sent) at which each data event carrying text arrived.
+    /// Seconds (since the request was sent) at which each data event carrying generated output
+    /// (`ferry_contract::ttft`) arrived.
     pub content_at: Vec<f64>,
     /// `usage.completion_tokens` / `prompt_tokens`, when the server sent usage.
     pub completion_tokens: Option<u64>,
@@ -74,20 +75,16 @@ impl StreamTally {
             self.completion_tokens = usage.get("completion_tokens").and_then(|v| v.as_u64());
             self.prompt_tokens = usage.get("prompt_tokens").and_then(|v| v.as_u64());
         }
+        // The one TTFT definition: events that carry generated output (not the role chunk).
+        if ferry_contract::ttft::carries_output(&event) {
+            self.content_at.push(at);
+        }
         for choice in event
             .get("choices")
             .and_then(|c| c.as_array())
             .into_iter()
             .flatten()
         {
-            let text = choice
-                .pointer("/delta/content")
-                .or_else(|| choice.get("text"))
-                .and_then(|t| t.as_str())
-                .unwrap_or_default();
-            if !text.is_empty() {
-                self.content_at.push(at);
-            }
             if let Some(reason) = choice.get("finish_reason").and_then(|r| r.as_str()) {
                 self.finish_reason = Some(reason.to_string());
             }

@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("self.format != 'gguf' || size(self.files) > 0 || has(self.source.huggingFace)").message("files must name the GGUF file(s) to load when format is gguf"))]
 #[x_kube(validation = Rule::new("self.format != 'gguf' || !has(self.engine.isq)").message("engine.isq applies to safetensors weights: GGUF files are already quantized"))]
 #[x_kube(validation = Rule::new("!self.engine.pagedAttention.enabled || self.resources.gpus > 0").message("engine.pagedAttention needs a GPU: set resources.gpus above 0"))]
+#[x_kube(validation = Rule::new("self.resources.gpus <= 1").message("resources.gpus above 1 is not supported yet: ferry-server runs a model on one GPU per pod"))]
 pub struct ModelVersionSpec {
     /// Where the weights come from: exactly one of `image`, `pvc`, `url`, `huggingFace`.
     pub source: ModelSource,
@@ -340,7 +341,8 @@ fn default_gpu_memory_fraction() -> f64 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceSpec {
-    /// GPUs per pod; 0 runs on CPU.
+    /// GPUs per pod: 0 runs on CPU, 1 on one GPU. More is refused until ferry-server can split
+    /// a model across GPUs.
     #[serde(default = "default_gpus")]
     #[schemars(range(max = 16))]
     pub gpus: u32,

@@ -330,6 +330,12 @@ impl Validate for ModelVersionSpec {
                 "engine.pagedAttention needs a GPU: set resources.gpus above 0",
             ));
         }
+        if self.resources.gpus > 1 {
+            out.push(Violation::new(
+                "spec",
+                "resources.gpus above 1 is not supported yet: ferry-server runs a model on one GPU per pod",
+            ));
+        }
         for (i, f) in self.files.iter().enumerate() {
             if f.is_empty() || f.starts_with('/') || f.split('/').any(|part| part == "..") {
                 out.push(Violation::new(

@@ -262,6 +262,11 @@ fn model_version_rules() {
             &["spec: engine.pagedAttention needs a GPU: set resources.gpus above 0"],
         ),
         (
+            "two gpus",
+            format!("{GGUF_IMAGE}\nresources: {{gpus: 2}}"),
+            &["spec: resources.gpus above 1 is not supported yet: ferry-server runs a model on one GPU per pod"],
+        ),
+        (
             "file escapes the source",
             "source: {image: {reference: r}}\nformat: gguf\nfiles: [../etc/passwd, /abs.gguf]".into(),
             &[
@@ -352,7 +357,7 @@ use serde::Deserialize;
 fn cel_rules_are_evaluated() {
     // Guards the parity checks above against passing vacuously.
     assert_eq!(cel_messages::<LLMDeployment>().len(), 8);
-    assert_eq!(cel_messages::<ModelVersion>().len(), 4);
+    assert_eq!(cel_messages::<ModelVersion>().len(), 5);
     let obj: LLMDeployment = object("LLMDeployment", "stable: v1\ncanary: {version: v1}");
     assert_eq!(
         cel_violations(&obj, None),

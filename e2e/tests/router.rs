@@ -601,6 +601,23 @@ async fn bad_requests_get_openai_shaped_errors_and_idempotent_repeats_replay() {
     assert_eq!(first["choices"], repeat["choices"]);
     let other: serde_json::Value = idem("order-2").await.unwrap().json().await.unwrap();
     assert_ne!(first["id"], other["id"]);
+    // A key stands for one request: the same key with another body is refused, not answered
+    // with the first body's response.
+    let reused = router
+        .http
+        .post(format!("{}/v1/chat/completions", router.base))
+        .bearer_auth("sk-test-a")
+        .header("idempotency-key", "order-1")
+        .json(&chat("tiny-chat", json!({"max_tokens": 3})))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message, _) = error(reused).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (422, "idempotency_key_reused"),
+        "{message}"
+    );
 
     // Twenty requests per second per key: a burst of forty gets 429s with Retry-After; the other
     // key is unaffected.

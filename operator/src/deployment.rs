@@ -27,7 +27,7 @@ use crate::conditions::{Transition, Wanted, merge};
 use crate::error::Error;
 use crate::rollout::{self, Controls, Note, Observation};
 use crate::validate::{llmd_problems, referenced_versions};
-use crate::{analysis, autoscale, promql, signals};
+use crate::{analysis, autoscale, handover, promql, signals};
 
 const CONTROLLER: &str = "llmdeployment";
 /// Periodic re-check even when nothing changed (drift of children made by hand is also watched).
@@ -58,17 +58,24 @@ async fn reconcile_inner(
         return Ok(("deleting", RESYNC));
     }
 
-    // Dereference: the ModelVersions it names, from the cache.
-    let versions: BTreeMap<String, ModelVersion> = referenced_versions(llmd)
-        .into_iter()
+    // Dereference: the ModelVersions it names and those serving now (they keep serving until
+    // what replaces them is ready), from the cache.
+    let mut names = referenced_versions(llmd);
+    for t in llmd.status.iter().flat_map(|s| &s.traffic) {
+        if !names.contains(&t.version) {
+            names.push(t.version.clone());
+        }
+    }
+    let versions: BTreeMap<String, ModelVersion> = names
+        .iter()
         .filter_map(|v| {
             let mv = ctx
                 .model_versions
-                .get(&ObjectRef::new(&v).within(&namespace))?;
-            Some((v, (*mv).clone()))
+                .get(&ObjectRef::new(v).within(&namespace))?;
+            Some((v.clone(), (*mv).clone()))
         })
         .collect();
-    let observed = observe(llmd, &versions, ctx);
+    let observed = observe(llmd, &names, ctx);
     let current = llmd.status.clone();
     let at = Timestamp::now();
     let now = Time(at);
@@ -105,6 +112,7 @@ async fn reconcile_inner(
     let mut status = desired.status.clone();
     let mut wanted = desired.conditions.clone();
     rollout_status(llmd, &decided, &mut status, &mut wanted);
+    handover_status(&decided, &mut status, &mut wanted);
 
     // Children that grow (or are new) before the status, so a status that names them finds
     // them; a version losing pods shrinks only after the status (traffic) was written, so the
@@ -154,6 +162,8 @@ async fn reconcile_inner(
 /// What [`decide`] settled for this reconcile.
 struct Decided {
     plan: Plan,
+    /// The current split kept because the new one is not ready yet.
+    hold: Option<handover::Hold>,
     record: Option<RolloutStatus>,
     controls: Controls,
     analysis: Option<AnalysisResult>,
@@ -297,6 +307,50 @@ async fn decide(
     if traffic.is_empty() {
         traffic.push(target(&roles.stable, 100, None));
     }
+    let mut plan = Plan {
+        stable: roles.stable,
+        replicas,
+        traffic,
+        queue_depth,
+    };
+    // Traffic moves only to versions that can take it; a rollback (moving off a version the
+    // rollout condemned) needs one ready pod, any other change every wanted pod.
+    let serving = llmd
+        .status
+        .as_ref()
+        .map(|s| s.traffic.clone())
+        .unwrap_or_default();
+    let urgent = decision.record.as_ref().is_some_and(|r| {
+        matches!(r.state, RolloutState::RolledBack | RolloutState::Failed)
+            && serving
+                .iter()
+                .any(|t| t.version == r.version && t.weight > 0)
+    });
+    let hold = handover::hold(&mut plan, &serving, observed, urgent);
+    let mut notes = decision.notes;
+    let was_holding = llmd
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .any(|c| c.type_ == types::PROGRESSING && c.reason == WAITING_FOR_READY_PODS);
+    match &hold {
+        Some(h) => {
+            requeue = requeue.min(HOLD_POLL);
+            if !was_holding {
+                notes.push(Note {
+                    warning: false,
+                    reason: WAITING_FOR_READY_PODS,
+                    message: h.message(),
+                });
+            }
+        }
+        None if was_holding && plan.traffic != serving => notes.push(Note {
+            warning: false,
+            reason: "TrafficMoved",
+            message: format!("traffic moved to {}", split_text(&plan.traffic)),
+        }),
+        None => {}
+    }
     if spec.autoscaling.is_some() {
         requeue = requeue.min(ctx.autoscale_interval);
         if stable_pods == 0 {
@@ -305,19 +359,67 @@ async fn decide(
         }
     }
     Decided {
-        plan: Plan {
-            stable: roles.stable,
-            replicas,
-            traffic,
-            queue_depth,
-        },
+        plan,
+        hold,
         record: decision.record,
         controls,
         analysis,
         variants,
-        notes: decision.notes,
+        notes,
         requeue,
         now,
+    }
+}
+
+/// How often a held split looks again at the pods of the versions it waits for (their
+/// Deployments' changes trigger a reconcile too).
+const HOLD_POLL: Duration = Duration::from_secs(2);
+
+/// `Progressing` reason (and Event) while the current split waits for the new one's pods.
+const WAITING_FOR_READY_PODS: &str = "WaitingForReadyPods";
+
+/// `v1 90%, v2 10%`.
+fn split_text(traffic: &[TrafficTarget]) -> String {
+    let parts: Vec<String> = traffic
+        .iter()
+        .map(|t| format!("{} {}%", t.version, t.weight))
+        .collect();
+    parts.join(", ")
+}
+
+/// While the current split is kept: the phase says a change is under way, `Available` says who
+/// serves, `Progressing` what it waits for (the stable's own pod counts would say "no ready pods"
+/// of a version that takes no traffic yet).
+fn handover_status(decided: &Decided, status: &mut LLMDeploymentStatus, wanted: &mut Vec<Wanted>) {
+    let Some(hold) = &decided.hold else {
+        return;
+    };
+    status.phase = Some(Phase::Progressing);
+    for w in [
+        Wanted::new(
+            types::AVAILABLE,
+            true,
+            "PreviousVersionServing",
+            format!(
+                "{} serves while the new split starts",
+                hold.serving.join(", ")
+            ),
+        ),
+        Wanted::new(
+            types::PROGRESSING,
+            true,
+            WAITING_FOR_READY_PODS,
+            hold.message(),
+        ),
+        Wanted::new(
+            types::DEGRADED,
+            false,
+            "AsDesired",
+            "the serving versions have their pods".to_string(),
+        ),
+    ] {
+        wanted.retain(|c| c.type_ != w.type_);
+        wanted.push(w);
     }
 }
 
@@ -568,16 +670,12 @@ fn phase_label(status: &LLMDeploymentStatus) -> &'static str {
     }
 }
 
-/// Replicas and ready pods of each referenced version's Deployment, from the cache.
-fn observe(
-    llmd: &LLMDeployment,
-    versions: &BTreeMap<String, ModelVersion>,
-    ctx: &Context,
-) -> BTreeMap<String, Observed> {
+/// Replicas and ready pods of each named version's Deployment, from the cache.
+fn observe(llmd: &LLMDeployment, versions: &[String], ctx: &Context) -> BTreeMap<String, Observed> {
     let namespace = llmd.namespace().unwrap_or_default();
     let name = llmd.name_any();
     versions
-        .keys()
+        .iter()
         .filter_map(|v| {
             let key = ObjectRef::new(&child_name(&name, v)).within(&namespace);
             let d = ctx.deployments.get(&key)?;

@@ -12,6 +12,7 @@ pub mod build;
 pub mod conditions;
 mod deployment;
 pub mod error;
+pub mod handover;
 mod http;
 pub mod leader;
 pub mod metrics;

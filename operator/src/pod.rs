@@ -327,6 +327,10 @@ fn engine_flags(args: &mut Vec<String>, engine: &EngineSpec) {
     if engine.prefix_cache {
         args.push("--prefix-cache".into());
     }
+    if engine.paged_attention.enabled {
+        let fraction = engine.paged_attention.gpu_memory_fraction;
+        push(args, "--paged-attention-gpu-memory", &fraction.to_string());
+    }
 }
 
 fn push(args: &mut Vec<String>, name: &str, value: &str) {

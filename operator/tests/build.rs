@@ -380,7 +380,7 @@ fn hugging_face_token_and_mirror_reach_the_fetch_container() {
 fn gpu_versions_get_limits_placement_and_the_cuda_device() {
     let versions = mv(
         "v1",
-        "{source: {pvc: {claimName: w}}, format: safetensors, engine: {isq: Q4K, maxSeqLen: 4096, prefixCache: true, dtype: bf16, chatTemplate: '{{ messages }}'}, resources: {gpus: 2, gpuResourceName: amd.com/gpu, nodeSelector: {gpu: h100}, tolerations: [{key: gpu, operator: Exists}], image: 'ferry/server:cuda'}}",
+        "{source: {pvc: {claimName: w}}, format: safetensors, engine: {isq: Q4K, maxSeqLen: 4096, prefixCache: true, dtype: bf16, chatTemplate: '{{ messages }}', pagedAttention: {enabled: true, gpuMemoryFraction: 0.8}}, resources: {gpus: 1, gpuResourceName: amd.com/gpu, nodeSelector: {gpu: h100}, tolerations: [{key: gpu, operator: Exists}], image: 'ferry/server:cuda'}}",
     );
     let out = build(
         &llmd("{stable: v1}"),
@@ -396,6 +396,7 @@ fn gpu_versions_get_limits_placement_and_the_cuda_device() {
     assert_eq!(arg(c, "--isq"), Some("Q4K"));
     assert_eq!(arg(c, "--dtype"), Some("bf16"));
     assert_eq!(arg(c, "--max-seq-len"), Some("4096"));
+    assert_eq!(arg(c, "--paged-attention-gpu-memory"), Some("0.8"));
     assert_eq!(arg(c, "--gguf-file"), None);
     assert!(
         c.args
@@ -405,7 +406,7 @@ fn gpu_versions_get_limits_placement_and_the_cuda_device() {
     );
     assert_eq!(
         json(&c.resources)["limits"],
-        serde_json::json!({"amd.com/gpu": "2"})
+        serde_json::json!({"amd.com/gpu": "1"})
     );
     let env = json(&c.env);
     assert_eq!(

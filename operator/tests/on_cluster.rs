@@ -188,6 +188,65 @@ async fn llmdeployment_becomes_available_with_real_pods_and_a_second_reconcile_w
     assert_eq!(versions_after, versions_before);
     assert_eq!(llmds.get("chat").await.unwrap().status, status_before);
 
+    // Hand edits of what the operator owns are undone (the applied-hash annotation stays as it
+    // was, so only the values themselves show the drift): replicas, image and args of the
+    // Deployment, and the Service's port.
+    let before = deployments.get("chat-tiny-v1").await.unwrap();
+    let container = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .clone()
+    };
+    let edited_at = std::time::Instant::now();
+    for patch in [
+        r#"{"spec":{"replicas":3}}"#,
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"server","image":"localhost/ferry/server:edited","args":["--edited"]}]}}}}"#,
+    ] {
+        ns.kubectl([
+            "patch",
+            "deployment",
+            "chat-tiny-v1",
+            "--type=strategic",
+            "-p",
+            patch,
+        ])
+        .ok("hand edit of the Deployment");
+    }
+    ns.kubectl([
+        "patch",
+        "service",
+        "chat",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/ports/0/port","value":9999}]"#,
+    ])
+    .ok("hand edit of the Service");
+    let restored = wait_for("the hand edits undone", Duration::from_secs(30), || async {
+        let d = deployments.get("chat-tiny-v1").await.ok()?;
+        let port = services.get("chat").await.ok()?.spec?.ports?[0].port;
+        let same = d.spec.as_ref()?.replicas == before.spec.as_ref()?.replicas
+            && container(&d).image == container(&before).image
+            && container(&d).args == container(&before).args
+            && port != 9999;
+        same.then_some(d)
+    })
+    .await;
+    println!(
+        "hand edits of the Deployment and Service undone after {:.1} s",
+        edited_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        restored.annotations().get("serving.ferry.dev/applied-hash"),
+        before.annotations().get("serving.ferry.dev/applied-hash")
+    );
+    available(&llmds, "chat").await;
+
     // Delete: the garbage collector removes the children.
     ns.kubectl(["delete", "llmd", "chat", "--wait=true"])
         .ok("delete llmd");

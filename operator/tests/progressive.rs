@@ -42,8 +42,8 @@ struct Router {
 }
 
 impl Router {
-    async fn start(ns: &TempNamespace) -> Self {
-        let args = ferry_router::Args::parse_from([
+    async fn start(ns: &TempNamespace, extra: &[&str]) -> Self {
+        let mut argv = vec![
             "ferry-router",
             "--watch-namespace",
             &ns.name,
@@ -51,7 +51,9 @@ impl Router {
             "text",
             "--threads",
             "2",
-        ]);
+        ];
+        argv.extend_from_slice(extra);
+        let args = ferry_router::Args::parse_from(argv);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -100,6 +102,11 @@ struct Load {
 
 impl Load {
     fn start(router: &Router, model: &str, clients: usize) -> Self {
+        Self::start_mixed(router, model, clients, 0)
+    }
+
+    /// `clients` clients, the first `streaming` of them asking for streams.
+    fn start_mixed(router: &Router, model: &str, clients: usize, streaming: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok: Arc<std::sync::Mutex<BTreeMap<String, u64>>> = Default::default();
         let failed = Arc::new(AtomicU64::new(0));
@@ -120,6 +127,7 @@ impl Load {
                     "messages": [{"role": "user", "content": "hi"}],
                     "max_tokens": 4,
                     "user": format!("client-{i}"),
+                    "stream": i < streaming,
                 });
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
@@ -197,11 +205,15 @@ struct Setup {
 }
 
 async fn setup(prefix: &str) -> Setup {
+    setup_with_router(prefix, &[]).await
+}
+
+async fn setup_with_router(prefix: &str, router_args: &[&str]) -> Setup {
     let cluster = Cluster::get();
     let ns = cluster.temp_namespace(prefix);
     let client = cluster.client().await;
     let pv = tiny_model_claim(&ns, "weights");
-    let router = Router::start(&ns).await;
+    let router = Router::start(&ns, router_args).await;
     Setup {
         llmds: Api::namespaced(client.clone(), &ns.name),
         deployments: Api::namespaced(client, &ns.name),
@@ -279,6 +291,105 @@ spec: {{stable: {stable}, autoscaling: {autoscaling}}}
 
 fn rollout_state(status: &ferry_crds::LLMDeploymentStatus) -> Option<(RolloutState, i32)> {
     status.rollout.as_ref().map(|r| (r.state, r.step))
+}
+
+/// The most common GitOps change: `stable` edited to a new version, no canary. The new version's
+/// cold start (8 s of injected load delay) is longer than the router would hold a request (2 s),
+/// so moving the traffic before its pod is ready would fail requests.
+#[tokio::test]
+async fn a_direct_stable_change_moves_traffic_only_once_the_new_version_is_ready_and_no_request_fails()
+ {
+    let s = setup_with_router("pd-switch", &["--hold-seconds", "2"]).await;
+    let _operator = s.operator("op-switch", &[]);
+    apply(&s.ns, &model_version("v1", "[]"));
+    apply(
+        &s.ns,
+        &model_version("v2", "[{name: FERRY_FAULT_LOAD_DELAY_MS, value: '8000'}]"),
+    );
+    s.serve_stable("v1").await;
+    let load = Load::start(&s.router, "chat", 3);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let changed = Instant::now();
+    apply(&s.ns, &llm_deployment("chat", "v2", 1));
+
+    // While v2 starts: the routers keep v1, and status and Events say why.
+    let waiting = wait_for("the split held on v1", Duration::from_secs(20), || async {
+        let st = s.status("chat").await;
+        let held = st.observed_generation == Some(2)
+            && st.traffic.len() == 1
+            && st.traffic[0].version == "v1"
+            && st.phase == Some(Phase::Progressing);
+        let progressing = st.conditions.iter().find(|c| c.type_ == "Progressing")?;
+        (held && progressing.reason == "WaitingForReadyPods").then(|| progressing.message.clone())
+    })
+    .await;
+    assert_eq!(
+        waiting,
+        "traffic stays on v1 until v2 (0/1 pods ready) can take it"
+    );
+    let st = s.status("chat").await;
+    let available = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Available")
+        .unwrap();
+    assert_eq!(
+        (available.status.as_str(), available.reason.as_str()),
+        ("True", "PreviousVersionServing")
+    );
+
+    // Once v2 is ready the traffic moves, and v1 goes.
+    wait_for("the split on v2", Duration::from_secs(90), || async {
+        let st = s.status("chat").await;
+        (st.traffic.len() == 1
+            && st.traffic[0].version == "v2"
+            && st.phase == Some(Phase::Available))
+        .then_some(())
+    })
+    .await;
+    let moved_after = changed.elapsed();
+    wait_for("v1's Deployment gone", Duration::from_secs(30), || async {
+        (s.replicas("chat-v1").await == -1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (answered, failed, last) = load.finish().await;
+    let total: u64 = answered.values().sum();
+    println!(
+        "direct stable change v1 -> v2 (v2 cold start ~8 s, router hold 2 s): traffic moved after \
+         {:.1} s; answered {answered:?}, failed {failed}",
+        moved_after.as_secs_f64()
+    );
+    assert_eq!(failed, 0, "requests failed during the change; last: {last}");
+    assert!(answered.get("v1").copied().unwrap_or(0) > 0, "{answered:?}");
+    assert!(answered.get("v2").copied().unwrap_or(0) > 0, "{answered:?}");
+    assert!(total > 10, "{answered:?}");
+    assert!(
+        moved_after > Duration::from_secs(8),
+        "moved before v2 could be ready"
+    );
+
+    let events =
+        s.ns.kubectl([
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=LLMDeployment",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+        ])
+        .ok("events");
+    assert!(
+        events.contains(
+            "WaitingForReadyPods: traffic stays on v1 until v2 (0/1 pods ready) can take it"
+        ),
+        "{events}"
+    );
+    assert!(
+        events.contains("TrafficMoved: traffic moved to v2 100%"),
+        "{events}"
+    );
+    s.cleanup();
 }
 
 #[tokio::test]
@@ -493,6 +604,56 @@ async fn a_slow_canary_is_rolled_back_within_the_failure_limit_and_no_request_fa
             .ok("events");
     assert!(events.contains("SloBreached"), "{events}");
     drop(operator);
+    s.cleanup();
+}
+
+/// TTFT is the first generated token: a canary slow only to its first token (1.5 s of injected
+/// delay before it, nothing after) breaches `ttftP95Ms` and is rolled back, while its end-to-end
+/// latency stays within `latencyP95Ms`. Half the clients stream (TTFT from the first event with
+/// text, not the role chunk), half do not (TTFT from the server's header).
+#[tokio::test]
+async fn a_canary_slow_to_its_first_token_is_rolled_back_by_ttft_while_its_latency_is_within_slo() {
+    let s = setup("pd-ttft").await;
+    let _operator = s.operator("op", &[]);
+    apply(&s.ns, &model_version("v1", "[]"));
+    apply(
+        &s.ns,
+        &model_version(
+            "v2-prefill",
+            "[{name: FERRY_FAULT_FIRST_TOKEN_DELAY_MS, value: '1500'}]",
+        ),
+    );
+    s.serve_stable("v1").await;
+    let load = Load::start_mixed(&s.router, "chat", 6, 3);
+    apply(
+        &s.ns,
+        &with_canary(
+            "{version: v2-prefill, steps: [{weight: 50, pauseSeconds: 60}], \
+             analysis: {intervalSeconds: 3, minRequests: 3, failureLimit: 2}}",
+            "{ttftP95Ms: 1000, latencyP95Ms: 6000}",
+        ),
+    );
+    let rolled_back = wait_for("the rollback", Duration::from_secs(120), || async {
+        let status = s.status("chat").await;
+        (status.phase == Some(Phase::RolledBack)).then_some(status)
+    })
+    .await;
+    let (answered, failed, last) = load.finish().await;
+    let message = rolled_back.rollout.clone().unwrap().message.unwrap();
+    let analysis = rolled_back.last_analysis.clone().unwrap();
+    println!(
+        "first-token-slow canary rolled back: {message}; last analysis TTFT p95 {:?} ms, latency \
+         p95 {:?} ms over {} requests; answers {answered:?}, failed {failed}",
+        analysis.ttft_p95_ms, analysis.latency_p95_ms, analysis.requests
+    );
+    assert!(message.starts_with("ttft p95 "), "{message}");
+    assert!(message.contains(" ms > 1000 ms"), "{message}");
+    assert!(!message.contains("latency p95"), "{message}");
+    let ttft = analysis.ttft_p95_ms.unwrap();
+    let latency = analysis.latency_p95_ms.unwrap();
+    assert!(ttft >= 1500.0, "TTFT p95 {ttft}");
+    assert!(latency < 6000.0, "latency p95 {latency}");
+    assert_eq!(failed, 0, "client requests failed: {last}");
     s.cleanup();
 }
 

@@ -49,6 +49,11 @@ pub enum RouterError {
     /// The path does not exist.
     #[error("Unknown endpoint {0}.")]
     NotFound(String),
+    /// An `Idempotency-Key` already used (within its time to live) for a different request body.
+    #[error(
+        "This Idempotency-Key was already used for a different request body; a key stands for one request. Use a new key for a new request."
+    )]
+    IdempotencyKeyReused,
 }
 
 fn list(models: &[String]) -> String {
@@ -76,6 +81,7 @@ impl RouterError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NoReadyPod { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -85,7 +91,8 @@ impl RouterError {
             Self::InvalidRequest { .. }
             | Self::ModelNotFound { .. }
             | Self::BodyTooLarge(_)
-            | Self::NotFound(_) => "invalid_request_error",
+            | Self::NotFound(_)
+            | Self::IdempotencyKeyReused => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
             Self::RateLimited { .. } => "rate_limit_error",
             Self::NoReadyPod { .. } => "service_unavailable",
@@ -104,6 +111,7 @@ impl RouterError {
             Self::NoReadyPod { .. } => "no_ready_pod",
             Self::Upstream { .. } => "upstream_unreachable",
             Self::NotFound(_) => "not_found",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
         }
     }
 

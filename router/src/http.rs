@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 use crate::access::Access;
 use crate::error::RouterError;
-use crate::idempotency::{Begin, IdempotencyCache, Stored};
+use crate::idempotency::{Begin, IdempotencyCache, Stored, fingerprint};
 use crate::proxy::{
     ObservedStream, UpstreamClient, add_route_headers, stream_response, strip_hop_by_hop, usage_of,
 };
@@ -299,9 +299,10 @@ async fn handle(
         .map(|k| format!("{}\0{model}\0{path}\0{k}", key_id.as_deref().unwrap_or("")));
     let guard = match idempotency_key {
         None => None,
-        Some(k) => match app.idempotency.begin(k).await {
+        Some(k) => match app.idempotency.begin(k, fingerprint(&body)).await {
             Begin::Replay(stored) => return Ok(replay(&stored)),
             Begin::First(guard) => Some(guard),
+            Begin::Reused => return Err(RouterError::IdempotencyKeyReused),
         },
     };
 
@@ -477,6 +478,7 @@ async fn forward(
                 .inc();
         }
         let in_flight = endpoint.begin();
+        let sent = Instant::now();
         let upstream = app
             .client
             .send(
@@ -551,6 +553,12 @@ async fn forward(
             }
         };
         let usage = usage_of(&body);
+        // The pod's TTFT for the whole answer, plus the time it took to reach the pod.
+        let ttft = out_headers
+            .get(ferry_contract::ttft::TTFT_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<f64>().ok())
+            .filter(|ms| ms.is_finite() && *ms >= 0.0)
+            .map(|ms| (sent - started) + Duration::from_secs_f64(ms / 1000.0));
         record(
             app,
             series,
@@ -559,6 +567,7 @@ async fn forward(
                 status: status.as_u16(),
                 failed,
                 latency: started.elapsed(),
+                ttft,
                 prompt_tokens: usage.prompt_tokens,
                 completion_tokens: usage.completion_tokens,
                 ..Default::default()

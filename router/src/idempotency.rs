@@ -1,6 +1,8 @@
 //! `Idempotency-Key`: a repeat of a (non-stream) request within the TTL gets the first response
 //! again instead of a second generation. A repeat that arrives while the first is still running
 //! waits for it. Only successful responses are kept, so a retry after a failure generates anew.
+//! A key stands for one request: the same key with a different body is refused, never answered
+//! with the first body's response. Keys live in each router replica's memory.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -20,9 +22,12 @@ pub struct Stored {
 
 type Outcome = Option<Arc<Stored>>;
 
+/// SHA-256 of the request body a key was first used with.
+pub type Fingerprint = [u8; 32];
+
 enum Slot {
-    Running(watch::Receiver<Option<Outcome>>),
-    Done(Arc<Stored>, Instant),
+    Running(watch::Receiver<Option<Outcome>>, Fingerprint),
+    Done(Arc<Stored>, Instant, Fingerprint),
 }
 
 pub struct IdempotencyCache {
@@ -44,6 +49,8 @@ pub enum Begin {
     First(Guard),
     /// It ran already: send this.
     Replay(Arc<Stored>),
+    /// The key belongs to a request with a different body.
+    Reused,
 }
 
 /// Held by the request that runs; dropping it without [`Guard::finish`] (failure, cancel) lets
@@ -51,6 +58,7 @@ pub enum Begin {
 pub struct Guard {
     cache: Arc<IdempotencyCache>,
     key: String,
+    fingerprint: Fingerprint,
     tx: watch::Sender<Option<Outcome>>,
     finished: bool,
 }
@@ -64,20 +72,29 @@ impl IdempotencyCache {
         })
     }
 
-    pub async fn begin(self: &Arc<Self>, key: String) -> Begin {
+    /// `fingerprint`: the body's SHA-256 ([`fingerprint`]).
+    pub async fn begin(self: &Arc<Self>, key: String, fingerprint: Fingerprint) -> Begin {
         loop {
             let mut rx = {
                 let mut inner = self.inner.lock().unwrap();
                 self.expire(&mut inner, Instant::now());
                 match inner.slots.get(&key) {
-                    Some(Slot::Done(stored, _)) => return Begin::Replay(stored.clone()),
-                    Some(Slot::Running(rx)) => rx.clone(),
+                    Some(Slot::Done(_, _, first) | Slot::Running(_, first))
+                        if *first != fingerprint =>
+                    {
+                        return Begin::Reused;
+                    }
+                    Some(Slot::Done(stored, _, _)) => return Begin::Replay(stored.clone()),
+                    Some(Slot::Running(rx, _)) => rx.clone(),
                     None => {
                         let (tx, rx) = watch::channel(None);
-                        inner.slots.insert(key.clone(), Slot::Running(rx));
+                        inner
+                            .slots
+                            .insert(key.clone(), Slot::Running(rx, fingerprint));
                         return Begin::First(Guard {
                             cache: self.clone(),
                             key,
+                            fingerprint,
                             tx,
                             finished: false,
                         });
@@ -96,7 +113,7 @@ impl IdempotencyCache {
                 break;
             }
             inner.order.pop_front();
-            if let Some(Slot::Done(_, done_at)) = inner.slots.get(&key)
+            if let Some(Slot::Done(_, done_at, _)) = inner.slots.get(&key)
                 && *done_at == at
             {
                 inner.slots.remove(&key);
@@ -115,9 +132,10 @@ impl Guard {
         {
             let mut inner = self.cache.inner.lock().unwrap();
             if keep {
-                inner
-                    .slots
-                    .insert(self.key.clone(), Slot::Done(stored.clone(), now));
+                inner.slots.insert(
+                    self.key.clone(),
+                    Slot::Done(stored.clone(), now, self.fingerprint),
+                );
                 inner.order.push_back((self.key.clone(), now));
                 self.cache.expire(&mut inner, now);
             } else {
@@ -137,9 +155,38 @@ impl Drop for Guard {
     }
 }
 
+/// The fingerprint of a request body.
+pub fn fingerprint(body: &[u8]) -> Fingerprint {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(body).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BODY: Fingerprint = [7; 32];
+
+    #[tokio::test]
+    async fn the_same_key_with_another_body_is_refused_running_or_done() {
+        let cache = IdempotencyCache::new(Duration::from_secs(60), 100);
+        let Begin::First(guard) = cache.begin("k".into(), fingerprint(b"one")).await else {
+            panic!()
+        };
+        assert!(matches!(
+            cache.begin("k".into(), fingerprint(b"two")).await,
+            Begin::Reused
+        ));
+        guard.finish(ok("one"));
+        assert!(matches!(
+            cache.begin("k".into(), fingerprint(b"two")).await,
+            Begin::Reused
+        ));
+        assert!(matches!(
+            cache.begin("k".into(), fingerprint(b"one")).await,
+            Begin::Replay(_)
+        ));
+    }
 
     fn ok(body: &'static str) -> Stored {
         Stored {
@@ -152,29 +199,32 @@ mod tests {
     #[tokio::test]
     async fn a_repeat_gets_the_first_response() {
         let cache = IdempotencyCache::new(Duration::from_secs(60), 100);
-        let Begin::First(guard) = cache.begin("k".into()).await else {
+        let Begin::First(guard) = cache.begin("k".into(), BODY).await else {
             panic!("first call must run")
         };
         guard.finish(ok("one"));
-        let Begin::Replay(stored) = cache.begin("k".into()).await else {
+        let Begin::Replay(stored) = cache.begin("k".into(), BODY).await else {
             panic!("repeat must replay")
         };
         assert_eq!(stored.body, "one");
-        assert!(matches!(cache.begin("other".into()).await, Begin::First(_)));
+        assert!(matches!(
+            cache.begin("other".into(), BODY).await,
+            Begin::First(_)
+        ));
     }
 
     #[tokio::test]
     async fn a_repeat_while_the_first_runs_waits_for_its_response() {
         let cache = IdempotencyCache::new(Duration::from_secs(60), 100);
-        let Begin::First(guard) = cache.begin("k".into()).await else {
+        let Begin::First(guard) = cache.begin("k".into(), BODY).await else {
             panic!()
         };
         let waiter = tokio::spawn({
             let cache = cache.clone();
             async move {
-                match cache.begin("k".into()).await {
+                match cache.begin("k".into(), BODY).await {
                     Begin::Replay(s) => s.body.clone(),
-                    Begin::First(_) => Bytes::from_static(b"ran twice"),
+                    Begin::First(_) | Begin::Reused => Bytes::from_static(b"ran twice"),
                 }
             }
         });
@@ -186,37 +236,43 @@ mod tests {
     #[tokio::test]
     async fn failures_and_cancels_are_not_kept() {
         let cache = IdempotencyCache::new(Duration::from_secs(60), 100);
-        let Begin::First(guard) = cache.begin("k".into()).await else {
+        let Begin::First(guard) = cache.begin("k".into(), BODY).await else {
             panic!()
         };
         guard.finish(Stored {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             ..ok("boom")
         });
-        let Begin::First(guard) = cache.begin("k".into()).await else {
+        let Begin::First(guard) = cache.begin("k".into(), BODY).await else {
             panic!("a failed first call must not be replayed")
         };
         drop(guard);
-        assert!(matches!(cache.begin("k".into()).await, Begin::First(_)));
+        assert!(matches!(
+            cache.begin("k".into(), BODY).await,
+            Begin::First(_)
+        ));
     }
 
     #[tokio::test]
     async fn entries_expire_and_the_oldest_go_when_full() {
         let cache = IdempotencyCache::new(Duration::from_millis(30), 2);
         for k in ["a", "b", "c"] {
-            let Begin::First(g) = cache.begin(k.into()).await else {
+            let Begin::First(g) = cache.begin(k.into(), BODY).await else {
                 panic!()
             };
             g.finish(ok(k));
         }
         assert!(
-            matches!(cache.begin("a".into()).await, Begin::First(_)),
+            matches!(cache.begin("a".into(), BODY).await, Begin::First(_)),
             "evicted"
         );
-        assert!(matches!(cache.begin("c".into()).await, Begin::Replay(_)));
+        assert!(matches!(
+            cache.begin("c".into(), BODY).await,
+            Begin::Replay(_)
+        ));
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(
-            matches!(cache.begin("c".into()).await, Begin::First(_)),
+            matches!(cache.begin("c".into(), BODY).await, Begin::First(_)),
             "expired"
         );
     }

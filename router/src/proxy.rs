@@ -359,7 +359,7 @@ pub type Finish = Box<dyn FnOnce(Outcome) + Send>;
 pub struct ObservedStream {
     body: PodBody,
     started: Instant,
-    last_event: Option<Instant>,
+    last_output: Option<Instant>,
     pending: Vec<u8>,
     outcome: Outcome,
     tail: Option<Bytes>,
@@ -379,7 +379,7 @@ impl ObservedStream {
         Self {
             body,
             started,
-            last_event: None,
+            last_output: None,
             pending: Vec::new(),
             outcome: Outcome {
                 status: status.as_u16(),
@@ -415,11 +415,15 @@ impl ObservedStream {
                 self.outcome.failed = true;
                 continue;
             }
-            match self.last_event {
-                None => self.outcome.ttft = Some(now - self.started),
-                Some(last) => self.outcome.inter_token.push(now - last),
+            // TTFT and inter-token gaps are timed on events that carry generated output only
+            // (not the role chunk sent before prefill, nor the closing finish/usage chunk).
+            if ferry_contract::ttft::data_carries_output(data) {
+                match self.last_output {
+                    None => self.outcome.ttft = Some(now - self.started),
+                    Some(last) => self.outcome.inter_token.push(now - last),
+                }
+                self.last_output = Some(now);
             }
-            self.last_event = Some(now);
             if find(data, b"\"usage\":{").is_some() {
                 let usage = usage_of(data);
                 self.outcome.prompt_tokens = usage.prompt_tokens;

@@ -40,9 +40,10 @@ pub struct Outcome {
     /// 5xx, or an error after streaming began.
     pub failed: bool,
     pub latency: Duration,
-    /// Time to the first SSE data event (streams only).
+    /// Time to the first generated output (`ferry_contract::ttft`): the first stream event that
+    /// carries it, or for a whole answer the time to the pod plus the pod's own TTFT header.
     pub ttft: Option<Duration>,
-    /// Gaps between consecutive SSE data events.
+    /// Gaps between consecutive stream events that carry generated output.
     pub inter_token: Vec<Duration>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,

@@ -44,6 +44,10 @@ pub struct Args {
     /// requested capacity … above max seq len"), and it moves logits between batches.
     #[arg(long, env = "FERRY_PREFIX_CACHE")]
     pub prefix_cache: bool,
+    /// Paged attention (GPU only): the KV cache in blocks, with this share (0-1] of the GPU's
+    /// memory. The server refuses to start with it on a CPU or a build without CUDA.
+    #[arg(long, env = "FERRY_PAGED_ATTENTION_GPU_MEMORY")]
+    pub paged_attention_gpu_memory: Option<f32>,
     /// Requests that may wait for an engine slot; beyond it, 429 with Retry-After.
     #[arg(long, env = "FERRY_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
@@ -77,6 +81,14 @@ pub struct Args {
     /// DRILLS ONLY: share of generation requests (0-1) answered with a 500 error.
     #[arg(long, env = "FERRY_FAULT_ERROR_RATE", default_value_t = 0.0)]
     pub fault_error_rate: f64,
+    /// DRILLS ONLY: time spent before the model starts loading, in milliseconds (a slow cold
+    /// start: the pod stays unready that much longer).
+    #[arg(long, env = "FERRY_FAULT_LOAD_DELAY_MS", default_value_t = 0)]
+    pub fault_load_delay_ms: u64,
+    /// DRILLS ONLY: delay before the first generated token of every answer is released, in
+    /// milliseconds (a slow prefill: TTFT grows, the rest of the answer does not slow down).
+    #[arg(long, env = "FERRY_FAULT_FIRST_TOKEN_DELAY_MS", default_value_t = 0)]
+    pub fault_first_token_delay_ms: u64,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

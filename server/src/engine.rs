@@ -110,6 +110,7 @@ impl Engine {
             )
         })?;
         let path = args.model_path.to_string_lossy().to_string();
+        let paged = paged_attention(args)?;
         let model = match args.format {
             Format::Gguf => {
                 anyhow::ensure!(
@@ -119,6 +120,9 @@ impl Engine {
                 let mut b = GgufModelBuilder::new(&path, args.gguf_file.clone())
                     .with_max_num_seqs(args.max_num_seqs)
                     .with_prefix_cache_n(prefix_cache(args));
+                if let Some(paged) = paged {
+                    b = b.with_paged_attn(paged);
+                }
                 if let Some(template) = &args.chat_template {
                     b = b.with_chat_template(template);
                 }
@@ -135,6 +139,9 @@ impl Engine {
                     .with_dtype(dtype(&args.dtype)?);
                 if let Some(isq) = &args.isq {
                     b = b.with_isq(isq_type(isq)?);
+                }
+                if let Some(paged) = paged {
+                    b = b.with_paged_attn(paged);
                 }
                 if let Some(template) = &args.chat_template {
                     b = b.with_chat_template(template);
@@ -359,6 +366,32 @@ fn hf_home() -> std::path::PathBuf {
     }
 }
 
+/// The paged-attention settings the flags ask for. mistral.rs ignores paged attention where it
+/// cannot run it (CPU, a build without CUDA); a server asked for it refuses to start there
+/// instead, so a ModelVersion never silently runs without what it asked for.
+fn paged_attention(args: &Args) -> anyhow::Result<Option<mistralrs::PagedAttentionConfig>> {
+    let Some(fraction) = args.paged_attention_gpu_memory else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        fraction > 0.0 && fraction <= 1.0,
+        "--paged-attention-gpu-memory {fraction}: expected a share of GPU memory in (0, 1]"
+    );
+    anyhow::ensure!(
+        args.device.starts_with("cuda:"),
+        "--paged-attention-gpu-memory needs a GPU (--device cuda:N), not {}",
+        args.device
+    );
+    anyhow::ensure!(
+        mistralrs::paged_attn_supported(),
+        "--paged-attention-gpu-memory needs ferry-server built with CUDA (--features cuda)"
+    );
+    let config = mistralrs::PagedAttentionMetaBuilder::default()
+        .with_gpu_memory(mistralrs::MemoryGpuConfig::Utilization(fraction))
+        .build()?;
+    Ok(Some(config))
+}
+
 /// Sequences kept in the prefix cache (mistral.rs' default), or none.
 fn prefix_cache(args: &Args) -> Option<usize> {
     args.prefix_cache.then_some(16)
@@ -443,4 +476,63 @@ fn safetensors_eos_ids(dir: &Path) -> anyhow::Result<Vec<u32>> {
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec![
+            "ferry-server",
+            "--model-path",
+            "/m",
+            "--gguf-file",
+            "m.gguf",
+            "--served-model-name",
+            "m",
+        ];
+        argv.extend_from_slice(extra);
+        Args::parse_from(argv)
+    }
+
+    #[test]
+    fn paged_attention_is_refused_where_it_cannot_run_rather_than_ignored() {
+        assert!(paged_attention(&args(&[])).unwrap().is_none());
+        let on_cpu = paged_attention(&args(&["--paged-attention-gpu-memory", "0.9"]));
+        assert_eq!(
+            on_cpu.err().unwrap().to_string(),
+            "--paged-attention-gpu-memory needs a GPU (--device cuda:N), not cpu"
+        );
+        let out_of_range = paged_attention(&args(&[
+            "--paged-attention-gpu-memory",
+            "1.5",
+            "--device",
+            "cuda:0",
+        ]));
+        assert!(
+            out_of_range
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("in (0, 1]"),
+            "a share above 1"
+        );
+        if !mistralrs::paged_attn_supported() {
+            let cpu_build = paged_attention(&args(&[
+                "--paged-attention-gpu-memory",
+                "0.9",
+                "--device",
+                "cuda:0",
+            ]));
+            assert!(
+                cpu_build
+                    .err()
+                    .unwrap()
+                    .to_string()
+                    .contains("built with CUDA")
+            );
+        }
+    }
 }

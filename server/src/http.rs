@@ -38,6 +38,7 @@ pub struct Inner {
     max_body_bytes: usize,
     api_keys: Option<HashSet<String>>,
     fault_latency: Duration,
+    fault_first_token_delay: Duration,
     fault_error_rate: f64,
     fault_counter: AtomicU64,
     created: u64,
@@ -86,6 +87,7 @@ impl AppState {
             max_body_bytes: args.max_body_bytes,
             api_keys,
             fault_latency: Duration::from_millis(args.fault_latency_ms),
+            fault_first_token_delay: Duration::from_millis(args.fault_first_token_delay_ms),
             fault_error_rate: args.fault_error_rate,
             fault_counter: AtomicU64::new(0),
             created: unix_now(),
@@ -292,6 +294,8 @@ pub(crate) struct Running {
     pub(crate) slot: Slot,
     pub(crate) id: String,
     pub(crate) start: Instant,
+    /// Drills: held before the first token is released (`--fault-first-token-delay-ms`).
+    pub(crate) first_token_delay: Option<Duration>,
 }
 
 async fn generate(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
@@ -366,6 +370,7 @@ async fn admit(
         slot,
         id,
         start,
+        first_token_delay: Some(state.fault_first_token_delay).filter(|d| !d.is_zero()),
     })
 }
 

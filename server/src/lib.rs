@@ -72,7 +72,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let load_args = args.clone();
-    let load = async move { engine::Engine::load(&load_args).await.map(Arc::new) };
+    let load = async move {
+        tokio::time::sleep(Duration::from_millis(load_args.fault_load_delay_ms)).await;
+        engine::Engine::load(&load_args).await.map(Arc::new)
+    };
     serve_engine(args, listener, shutdown, load).await
 }
 

@@ -25,10 +25,15 @@ pub(crate) async fn whole_response(
     let mut text = String::new();
     let mut logprobs = Vec::new();
     let mut last_token = None;
+    let mut first_token = None;
     let (reason, usage) = loop {
         match run.events.recv().await {
             Some(Event::Delta { text: t, logprob }) => {
+                if let Some(delay) = run.first_token_delay.take() {
+                    tokio::time::sleep(delay).await;
+                }
                 observe_token(state.metrics(), run.start, &mut last_token);
+                first_token = first_token.or(last_token);
                 text.push_str(&t);
                 logprobs.extend(logprob);
             }
@@ -59,7 +64,17 @@ pub(crate) async fn whole_response(
             "usage": usage_json(usage),
         }),
     };
-    Json(body).into_response()
+    let mut response = Json(body).into_response();
+    // The client (the router) cannot see when the first token came in a whole answer: say it.
+    if let Some(first) = first_token {
+        let ms = (first - run.start).as_secs_f64() * 1000.0;
+        if let Ok(value) = HeaderValue::from_str(&format!("{ms:.1}")) {
+            response
+                .headers_mut()
+                .insert(ferry_contract::ttft::TTFT_HEADER, value);
+        }
+    }
+    response
 }
 
 fn finish_error(state: &AppState, endpoint: Endpoint, e: ApiError) -> Response {
@@ -176,6 +191,9 @@ impl SseState {
             }
             match run.events.recv().await {
                 Some(Event::Delta { text, logprob }) => {
+                    if let Some(delay) = run.first_token_delay.take() {
+                        tokio::time::sleep(delay).await;
+                    }
                     let now = Instant::now();
                     match self.last_token {
                         None => self

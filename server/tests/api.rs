@@ -95,6 +95,79 @@ async fn stream_sends_role_tokens_finish_usage_and_done() {
     assert_eq!(usage["usage"]["completion_tokens"], 10);
 }
 
+/// TTFT is the first generated token (`ferry_contract::ttft`): a stream's role chunk comes before
+/// prefill and is not it; a whole answer says its TTFT in a header, since its client cannot see it.
+#[tokio::test]
+async fn ttft_is_the_first_generated_token_in_streams_and_the_header_of_whole_answers() {
+    use ferry_contract::ttft::{TTFT_HEADER, data_carries_output};
+    use std::time::Instant;
+    let s = tiny(&["--fault-first-token-delay-ms", "400"]).await;
+
+    let r = s
+        .post(
+            "/v1/chat/completions",
+            chat_body("hi", json!({"max_tokens": 4, "ignore_eos": true})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let header: f64 = r.headers()[TTFT_HEADER].to_str().unwrap().parse().unwrap();
+    assert!((400.0..5000.0).contains(&header), "{TTFT_HEADER}: {header}");
+
+    let started = Instant::now();
+    let mut r = s
+        .post(
+            "/v1/chat/completions",
+            chat_body(
+                "hi",
+                json!({"stream": true, "max_tokens": 4, "ignore_eos": true}),
+            ),
+        )
+        .await;
+    assert!(
+        r.headers().get(TTFT_HEADER).is_none(),
+        "a stream shows its tokens"
+    );
+    let (mut buffer, mut role_at, mut output_at) = (String::new(), None, None);
+    while let Some(bytes) = r.chunk().await.unwrap() {
+        buffer.push_str(std::str::from_utf8(&bytes).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let data = event
+                .trim()
+                .strip_prefix("data: ")
+                .unwrap_or_default()
+                .to_string();
+            if role_at.is_none() && data.contains("\"role\":\"assistant\"") {
+                role_at = Some(started.elapsed());
+            }
+            if output_at.is_none() && data_carries_output(data.as_bytes()) {
+                output_at = Some(started.elapsed());
+            }
+        }
+    }
+    let (role_at, output_at) = (role_at.unwrap(), output_at.unwrap());
+    assert!(
+        role_at < Duration::from_millis(300),
+        "role chunk after {role_at:?}"
+    );
+    assert!(
+        output_at >= Duration::from_millis(400),
+        "first token after {output_at:?}"
+    );
+
+    // The server's own histogram counts from the same first token: both answers took 400 ms+.
+    let metrics = s.metrics().await;
+    let sum: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_time_to_first_token_seconds_sum"))
+        .and_then(|rest| rest.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(
+        sum >= 0.8,
+        "TTFT sum {sum} s over two answers delayed 0.4 s each\n{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn completions_stream_and_not() {
     let s = tiny(&[]).await;

@@ -1,0 +1,5 @@
+//! What Ferry's processes agree on across a process boundary. The server, the router, the
+//! operator and ferry-bench each read these definitions from here, so a name or a rule is
+//! defined once.
+
+pub mod ttft;
