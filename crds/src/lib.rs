@@ -18,10 +18,12 @@ pub mod labels;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray,
 };
+mod baseline;
 mod llm_deployment;
 mod model_version;
 mod validate;
 
+pub use baseline::{Baseline, Numbers};
 pub use condition::{ConditionStatus, conditions_schema};
 pub use llm_deployment::*;
 pub use model_version::*;

@@ -5,6 +5,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::{Baseline, Numbers};
+
 /// A model served under one OpenAI `model` name: its stable ModelVersion, an optional canary
 /// rollout or A/B experiment, how many pods run, and the SLOs a canary must meet to be promoted.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -66,6 +68,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("!(has(self.canary) && has(self.experiment))").message("canary and experiment are mutually exclusive: set one of them"))]
 #[x_kube(validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("replicas and autoscaling are mutually exclusive: set one of them"))]
 #[x_kube(validation = Rule::new("!has(self.canary) || self.canary.version != self.stable").message("canary.version must differ from stable"))]
+#[x_kube(validation = Rule::new("!has(self.canary) || !has(self.canary.analysis) || !has(self.canary.analysis.baseline) || !has(self.canary.analysis.baseline.enabled) || self.canary.analysis.baseline.enabled || (has(self.slo) && (has(self.slo.ttftP95Ms) || has(self.slo.latencyP95Ms) || has(self.slo.interTokenP95Ms) || has(self.slo.errorRatePercent)))").message("a canary needs something to be judged by: set spec.slo objectives or keep canary.analysis.baseline enabled"))]
 pub struct LLMDeploymentSpec {
     /// The OpenAI `model` id clients send; defaults to the LLMDeployment's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,11 +173,22 @@ pub struct Canary {
     /// How each step is judged.
     #[serde(default)]
     pub analysis: Analysis,
-    /// Seconds after a promotion during which the previous stable stays warm and an SLO breach
-    /// rolls back to it.
+    /// Seconds after a promotion during which the previous stable stays warm and a failed
+    /// analysis rolls back to it. A promotion becomes final only after an analysis passed inside
+    /// it (the window stays open until one does, within `progressDeadlineSeconds`).
     #[serde(default = "default_rollback_window_seconds")]
     #[schemars(range(min = 0, max = 604800))]
     pub rollback_window_seconds: i32,
+    /// Seconds a rollout may go without a conclusive analysis (a pass or a failure: no traffic,
+    /// no router answering, an objective without data) before it is rolled back with reason
+    /// `NoData`; also how long past its rollback window a promotion waits for a passing analysis.
+    #[serde(default = "default_progress_deadline_seconds")]
+    #[schemars(range(min = 10, max = 604800))]
+    pub progress_deadline_seconds: i32,
+}
+
+fn default_progress_deadline_seconds() -> i32 {
+    600
 }
 
 fn default_canary_replicas() -> i32 {
@@ -232,6 +246,10 @@ pub struct Analysis {
     /// already scrape the routers). Absent: the routers are asked directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusSource>,
+    /// Judge the canary against the stable over the same window (on by default; with or without
+    /// `spec.slo`), with these tolerances. The stable needs `minRequests` in the window too.
+    #[serde(default)]
+    pub baseline: Baseline,
 }
 
 impl Default for Analysis {
@@ -241,6 +259,7 @@ impl Default for Analysis {
             min_requests: default_min_requests(),
             failure_limit: default_failure_limit(),
             prometheus: None,
+            baseline: Baseline::default(),
         }
     }
 }
@@ -621,7 +640,11 @@ pub struct AnalysisResult {
     /// Where the numbers came from: `router` or `prometheus`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// `Pass`, `Fail` or `Inconclusive` (too few requests).
+    /// The stable's numbers the canary was compared with (`canary.analysis.baseline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Numbers>,
+    /// `Pass`, `Fail` or `Inconclusive` (too few requests, an objective without data, metrics
+    /// unavailable).
     pub verdict: Verdict,
     /// Why, e.g. `ttft p95 812 ms > 500 ms over 143 requests`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -677,6 +700,17 @@ pub struct RolloutStatus {
     /// Why it ended the way it did, e.g. `ttft p95 812 ms > 500 ms over 143 requests`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When an analysis last passed or failed (an inconclusive one does not count): the
+    /// progress deadline runs from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_conclusive_at: Option<String>,
+    /// When an analysis last passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pass_at: Option<String>,
+    /// The stable's numbers at the last analysis before the promotion: what the promoted version
+    /// is compared with in the rollback window, when the previous stable takes no traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Numbers>,
 }
 
 /// One experiment variant's metrics over the router's window.

@@ -152,6 +152,20 @@ impl Validate for LLMDeploymentSpec {
                 "replicas and autoscaling are mutually exclusive: set one of them",
             ));
         }
+        if let Some(canary) = &self.canary {
+            let objectives = self.slo.as_ref().is_some_and(|s| {
+                s.ttft_p95_ms.is_some()
+                    || s.latency_p95_ms.is_some()
+                    || s.inter_token_p95_ms.is_some()
+                    || s.error_rate_percent.is_some()
+            });
+            if !canary.analysis.baseline.enabled && !objectives {
+                out.push(Violation::new(
+                    "spec",
+                    "a canary needs something to be judged by: set spec.slo objectives or keep canary.analysis.baseline enabled",
+                ));
+            }
+        }
         if self
             .served_model_name
             .as_deref()

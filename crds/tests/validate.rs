@@ -118,6 +118,23 @@ fn llm_deployment_rules() {
             &["spec: replicas and autoscaling are mutually exclusive: set one of them"],
         ),
         (
+            "canary judged only against the stable",
+            "stable: v1\ncanary: {version: v2}",
+            &[],
+        ),
+        (
+            "canary judged by nothing",
+            "stable: v1\ncanary: {version: v2, analysis: {baseline: {enabled: false}}}\nslo: {}",
+            &[
+                "spec: a canary needs something to be judged by: set spec.slo objectives or keep canary.analysis.baseline enabled",
+            ],
+        ),
+        (
+            "canary judged by the slo alone",
+            "stable: v1\ncanary: {version: v2, analysis: {baseline: {enabled: false}}}\nslo: {latencyP95Ms: 900}",
+            &[],
+        ),
+        (
             "canary is stable",
             "stable: v1\ncanary: {version: v1}",
             &["spec: canary.version must differ from stable"],
@@ -356,7 +373,7 @@ use serde::Deserialize;
 #[test]
 fn cel_rules_are_evaluated() {
     // Guards the parity checks above against passing vacuously.
-    assert_eq!(cel_messages::<LLMDeployment>().len(), 8);
+    assert_eq!(cel_messages::<LLMDeployment>().len(), 9);
     assert_eq!(cel_messages::<ModelVersion>().len(), 5);
     let obj: LLMDeployment = object("LLMDeployment", "stable: v1\ncanary: {version: v1}");
     assert_eq!(

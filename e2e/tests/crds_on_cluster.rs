@@ -102,9 +102,10 @@ fn server_fills_in_documented_defaults() {
     assert_eq!(
         spec["canary"],
         json!({
-            "version": "v2", "replicas": 1, "rollbackWindowSeconds": 600,
+            "version": "v2", "replicas": 1, "rollbackWindowSeconds": 600, "progressDeadlineSeconds": 600,
             "steps": [{"weight": 5, "pauseSeconds": 60}, {"weight": 25, "pauseSeconds": 60}, {"weight": 50, "pauseSeconds": 60}],
-            "analysis": {"intervalSeconds": 30, "minRequests": 20, "failureLimit": 2},
+            "analysis": {"intervalSeconds": 30, "minRequests": 20, "failureLimit": 2,
+                         "baseline": {"enabled": true, "errorRatePoints": 1, "latencyIncreasePercent": 50, "minIncreaseMs": 50}},
         })
     );
     assert_eq!(

@@ -1,7 +1,7 @@
 //! Judging a version by the router's statistics: the pure part of canary analysis, and the
 //! per-variant numbers of an experiment.
 
-use ferry_crds::{AnalysisResult, Slo, VariantStats, Verdict};
+use ferry_crds::{AnalysisResult, Baseline, Numbers, Slo, VariantStats, Verdict};
 use ferry_router::stats::{Counts, SeriesKey, SeriesSummary, Summary};
 
 /// Everything the routers counted for one version of one model over the window: all its
@@ -58,109 +58,182 @@ impl Measured {
     }
 }
 
-/// One value measured against one objective.
-struct Check {
-    what: &'static str,
-    value: Option<f64>,
-    limit: Option<f64>,
-    unit: &'static str,
+impl Measured {
+    /// The numbers as status shows them (finite, two decimals).
+    pub fn numbers(&self, version: &str) -> Numbers {
+        Numbers {
+            version: version.to_string(),
+            requests: self.requests.min(i64::MAX as u64) as i64,
+            ttft_p95_ms: shown(self.ttft_p95_ms),
+            latency_p95_ms: shown(self.latency_p95_ms),
+            inter_token_p95_ms: shown(self.inter_token_p95_ms),
+            error_rate_percent: shown(self.error_rate_percent),
+        }
+    }
+}
+
+/// What a canary is judged against: the SLO, and (unless turned off) the stable's numbers with
+/// the tolerances of `canary.analysis.baseline`.
+pub struct Objectives<'a> {
+    pub slo: &'a Slo,
+    pub baseline: Option<(&'a Numbers, &'a Baseline)>,
 }
 
 /// The verdict on `version` from the routers' counts (see [`judge_measured`]).
 pub fn judge(
     version: &str,
     counts: &Counts,
-    slo: &Slo,
+    objectives: &Objectives,
     min_requests: i32,
     time: String,
 ) -> AnalysisResult {
     let measured = Measured::from_counts(counts);
-    judge_measured(version, &measured, slo, min_requests, time, "router")
+    judge_measured(version, &measured, objectives, min_requests, time, "router")
 }
 
-/// The verdict on `version`: `Inconclusive` below `min_requests`, `Fail` when any set objective
-/// is exceeded (the reason names each breach: metric, value, objective, requests), else `Pass`.
-/// Latency objectives with no samples (e.g. TTFT without streams) are not judged.
+/// The verdict on `version`. No verdict without evidence: `Inconclusive` below `min_requests`, when
+/// a set objective has no data (e.g. an inter-token objective with no streams), or when the
+/// baseline (the stable) has fewer than `min_requests`; `Fail` when any objective is breached —
+/// an SLO limit, or the baseline's number plus its tolerance (the reason names each breach:
+/// metric, value, limit, requests); else `Pass`.
 pub fn judge_measured(
     version: &str,
     m: &Measured,
-    slo: &Slo,
+    objectives: &Objectives,
     min_requests: i32,
     time: String,
     source: &str,
 ) -> AnalysisResult {
     let requests = m.requests.min(i64::MAX as u64) as i64;
-    let checks = [
-        Check {
-            what: "ttft p95",
-            value: m.ttft_p95_ms,
-            limit: slo.ttft_p95_ms.map(f64::from),
-            unit: " ms",
-        },
-        Check {
-            what: "latency p95",
-            value: m.latency_p95_ms,
-            limit: slo.latency_p95_ms.map(f64::from),
-            unit: " ms",
-        },
-        Check {
-            what: "inter-token p95",
-            value: m.inter_token_p95_ms,
-            limit: slo.inter_token_p95_ms.map(f64::from),
-            unit: " ms",
-        },
-        Check {
-            what: "error rate",
-            value: m.error_rate_percent,
-            limit: slo.error_rate_percent,
-            unit: "%",
-        },
+    let slo = objectives.slo;
+    let metrics = [
+        (
+            "ttft p95",
+            m.ttft_p95_ms,
+            slo.ttft_p95_ms.map(f64::from),
+            " ms",
+        ),
+        (
+            "latency p95",
+            m.latency_p95_ms,
+            slo.latency_p95_ms.map(f64::from),
+            " ms",
+        ),
+        (
+            "inter-token p95",
+            m.inter_token_p95_ms,
+            slo.inter_token_p95_ms.map(f64::from),
+            " ms",
+        ),
+        (
+            "error rate",
+            m.error_rate_percent,
+            slo.error_rate_percent,
+            "%",
+        ),
     ];
+    let (mut breaches, mut missing) = (Vec::new(), Vec::new());
+    for (what, value, limit, unit) in metrics {
+        match (value, limit) {
+            (Some(value), Some(limit)) if value > limit => breaches.push(format!(
+                "{what} {}{unit} > {}{unit} over {requests} requests",
+                round(value),
+                round(limit)
+            )),
+            (None, Some(limit)) => missing.push(format!(
+                "no {what} data for the objective {}{unit}",
+                round(limit)
+            )),
+            _ => {}
+        }
+    }
+    if let Some((base, tolerance)) = objectives.baseline.filter(|(_, t)| t.enabled) {
+        if base.requests < i64::from(min_requests) {
+            missing.push(format!(
+                "stable {} had {} requests in the window, fewer than minRequests {min_requests}",
+                base.version, base.requests
+            ));
+        } else {
+            let grow = 1.0 + f64::from(tolerance.latency_increase_percent) / 100.0;
+            let slack = f64::from(tolerance.min_increase_ms);
+            for (what, value, of_base) in [
+                ("ttft p95", m.ttft_p95_ms, base.ttft_p95_ms),
+                ("latency p95", m.latency_p95_ms, base.latency_p95_ms),
+                (
+                    "inter-token p95",
+                    m.inter_token_p95_ms,
+                    base.inter_token_p95_ms,
+                ),
+            ] {
+                if let (Some(value), Some(of_base)) = (value, of_base)
+                    && value > of_base * grow
+                    && value - of_base >= slack
+                {
+                    breaches.push(format!(
+                        "{what} {} ms > stable {} {} ms + {}% over {requests} requests",
+                        round(value),
+                        base.version,
+                        round(of_base),
+                        tolerance.latency_increase_percent
+                    ));
+                }
+            }
+            if let (Some(value), Some(of_base)) = (m.error_rate_percent, base.error_rate_percent)
+                && value > of_base + tolerance.error_rate_points
+            {
+                breaches.push(format!(
+                    "error rate {}% > stable {} {}% + {} points over {requests} requests",
+                    round(value),
+                    base.version,
+                    round(of_base),
+                    round(tolerance.error_rate_points)
+                ));
+            }
+        }
+    }
     let (verdict, reason) = if requests < i64::from(min_requests) {
         (
             Verdict::Inconclusive,
             format!("{requests} requests in the window, fewer than minRequests {min_requests}"),
         )
+    } else if !breaches.is_empty() {
+        (Verdict::Fail, breaches.join("; "))
+    } else if !missing.is_empty() {
+        (Verdict::Inconclusive, missing.join("; "))
     } else {
-        let breaches: Vec<String> = checks
-            .iter()
-            .filter_map(|c| {
-                let (value, limit) = (c.value?, c.limit?);
-                (value > limit).then(|| {
-                    format!(
-                        "{} {}{} > {}{} over {requests} requests",
-                        c.what,
-                        round(value),
-                        c.unit,
-                        round(limit),
-                        c.unit
-                    )
-                })
-            })
-            .collect();
-        if breaches.is_empty() {
-            (
-                Verdict::Pass,
-                format!("every objective held over {requests} requests"),
-            )
-        } else {
-            (Verdict::Fail, breaches.join("; "))
-        }
+        let compared = objectives
+            .baseline
+            .filter(|(_, t)| t.enabled)
+            .map_or(String::new(), |(b, _)| {
+                format!(", no worse than stable {} beyond the tolerances", b.version)
+            });
+        (
+            Verdict::Pass,
+            format!("every objective held over {requests} requests{compared}"),
+        )
     };
-    // Status fields carry finite numbers only (a p95 in the +Inf bucket is in the reason).
-    let shown = |v: Option<f64>| v.filter(|v| v.is_finite()).map(round);
+    let numbers = m.numbers(version);
     AnalysisResult {
         time,
         version: version.to_string(),
         requests,
-        ttft_p95_ms: shown(checks[0].value),
-        latency_p95_ms: shown(checks[1].value),
-        inter_token_p95_ms: shown(checks[2].value),
-        error_rate_percent: shown(checks[3].value),
+        ttft_p95_ms: numbers.ttft_p95_ms,
+        latency_p95_ms: numbers.latency_p95_ms,
+        inter_token_p95_ms: numbers.inter_token_p95_ms,
+        error_rate_percent: numbers.error_rate_percent,
         source: Some(source.to_string()),
+        baseline: objectives
+            .baseline
+            .filter(|(_, t)| t.enabled)
+            .map(|(b, _)| b.clone()),
         verdict,
         reason: Some(reason),
     }
+}
+
+/// Status fields carry finite numbers only (a p95 in the +Inf bucket is in the reason).
+fn shown(v: Option<f64>) -> Option<f64> {
+    v.filter(|v| v.is_finite()).map(round)
 }
 
 /// An analysis that could not read any metrics (no router answered): it neither passes nor fails.
@@ -174,6 +247,7 @@ pub fn unavailable(version: &str, why: &str, time: String) -> AnalysisResult {
         inter_token_p95_ms: None,
         error_rate_percent: None,
         source: None,
+        baseline: None,
         verdict: Verdict::Inconclusive,
         reason: Some(format!("no metrics: {why}")),
     }
@@ -230,6 +304,13 @@ mod tests {
         c
     }
 
+    fn only(slo: &Slo) -> Objectives<'_> {
+        Objectives {
+            slo,
+            baseline: None,
+        }
+    }
+
     fn slo() -> Slo {
         Slo {
             ttft_p95_ms: Some(500),
@@ -241,7 +322,7 @@ mod tests {
 
     #[test]
     fn too_few_requests_is_inconclusive_not_a_failure() {
-        let r = judge("v2", &counts(5, 5, &[], 10), &slo(), 20, "t".into());
+        let r = judge("v2", &counts(5, 5, &[], 10), &only(&slo()), 20, "t".into());
         assert_eq!(r.verdict, Verdict::Inconclusive);
         assert_eq!(
             r.reason.as_deref(),
@@ -254,7 +335,7 @@ mod tests {
         let r = judge(
             "v2",
             &counts(143, 0, &[800; 143], 900),
-            &slo(),
+            &only(&slo()),
             20,
             "t".into(),
         );
@@ -275,7 +356,7 @@ mod tests {
         let r = judge(
             "v2",
             &counts(100, 5, &[900; 100], 50),
-            &slo(),
+            &only(&slo()),
             20,
             "t".into(),
         );
@@ -289,23 +370,33 @@ mod tests {
     }
 
     #[test]
-    fn within_objectives_passes_and_unset_objectives_are_not_judged() {
+    fn within_objectives_passes_and_an_objective_without_data_is_inconclusive() {
         let r = judge(
             "v2",
             &counts(50, 0, &[100; 50], 200),
-            &slo(),
+            &only(&slo()),
             20,
             "t".into(),
         );
         assert_eq!(r.verdict, Verdict::Pass);
-        // No TTFT samples (no streams) and no TTFT objective is judged on them.
-        let r = judge("v2", &counts(50, 0, &[], 200), &slo(), 20, "t".into());
-        assert_eq!(r.verdict, Verdict::Pass);
+        // A TTFT objective with no TTFT samples is no evidence either way: inconclusive.
+        let r = judge(
+            "v2",
+            &counts(50, 0, &[], 200),
+            &only(&slo()),
+            20,
+            "t".into(),
+        );
+        assert_eq!(r.verdict, Verdict::Inconclusive);
         assert_eq!(r.ttft_p95_ms, None);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("no ttft p95 data for the objective 500 ms")
+        );
         let r = judge(
             "v2",
             &counts(50, 50, &[], 99_000),
-            &Slo::default(),
+            &only(&Slo::default()),
             1,
             "t".into(),
         );
@@ -347,5 +438,70 @@ mod tests {
         assert_eq!(version_counts(&merged, "m", "v2", Some("x")).requests, 4);
         assert_eq!(version_counts(&merged, "other", "v2", None).requests, 0);
         assert_eq!(merged.held, [("m".into(), 3), ("n".into(), 5)].into());
+    }
+
+    fn stable(requests: i64, latency_ms: f64, error_rate: f64) -> Numbers {
+        Numbers {
+            version: "v1".into(),
+            requests,
+            ttft_p95_ms: Some(latency_ms / 2.0),
+            latency_p95_ms: Some(latency_ms),
+            inter_token_p95_ms: None,
+            error_rate_percent: Some(error_rate),
+        }
+    }
+
+    #[test]
+    fn without_an_slo_the_canary_is_judged_against_the_stable_with_tolerances() {
+        let tolerance = Baseline::default();
+        let none = Slo::default();
+        let judged = |canary: &Counts, base: &Numbers| {
+            judge(
+                "v2",
+                canary,
+                &Objectives {
+                    slo: &none,
+                    baseline: Some((base, &tolerance)),
+                },
+                20,
+                "t".into(),
+            )
+        };
+        // As fast as the stable: pass, and the status shows what it was compared with.
+        let r = judged(&counts(40, 0, &[], 400), &stable(200, 400.0, 0.0));
+        assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.reason);
+        assert_eq!(r.baseline.as_ref().unwrap().version, "v1");
+        assert!(
+            r.reason
+                .unwrap()
+                .ends_with("no worse than stable v1 beyond the tolerances")
+        );
+        // 2.5 s against the stable's 0.4 s: more than 50% and 50 ms slower.
+        let r = judged(&counts(40, 0, &[], 2500), &stable(200, 400.0, 0.0));
+        assert_eq!(r.verdict, Verdict::Fail);
+        let reason = r.reason.unwrap();
+        assert!(
+            reason.starts_with("latency p95 ")
+                && reason.contains(" ms > stable v1 400 ms + 50% over 40 requests"),
+            "{reason}"
+        );
+        // Small numbers: 30 ms against 10 ms is +200% but under the 50 ms noise floor.
+        let r = judged(&counts(40, 0, &[], 30), &stable(200, 10.0, 0.0));
+        assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.reason);
+        // Errors: 10% against the stable's 0.5% is more than 1 point worse.
+        let r = judged(&counts(40, 4, &[], 400), &stable(200, 400.0, 0.5));
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert!(
+            r.reason
+                .unwrap()
+                .contains("error rate 10% > stable v1 0.5% + 1 points over 40 requests")
+        );
+        // A stable with too few requests is no baseline: inconclusive, not a pass.
+        let r = judged(&counts(40, 0, &[], 400), &stable(3, 400.0, 0.0));
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("stable v1 had 3 requests in the window, fewer than minRequests 20")
+        );
     }
 }

@@ -194,39 +194,7 @@ async fn decide(
         previous.as_ref(),
         spec.canary.as_ref(),
     ) {
-        let time = rollout::timestamp(now);
-        let slo = spec.slo.clone().unwrap_or_default();
-        let min_requests = canary.analysis.min_requests;
-        analysis = Some(match &canary.analysis.prometheus {
-            Some(source) => {
-                let (namespace, name) = (llmd.namespace().unwrap_or_default(), llmd.name_any());
-                let vars = promql::Vars {
-                    model: &model,
-                    version: &record.version,
-                    namespace: &namespace,
-                    name: &name,
-                    window_seconds: window,
-                };
-                match promql::measure(&ctx.http, source, &vars).await {
-                    Ok(m) => analysis::judge_measured(
-                        &record.version,
-                        &m,
-                        &slo,
-                        min_requests,
-                        time,
-                        "prometheus",
-                    ),
-                    Err(e) => analysis::unavailable(&record.version, &e, time),
-                }
-            }
-            None => match ctx.routers.summary(&ctx.http, window).await {
-                Ok(summary) => {
-                    let counts = analysis::version_counts(&summary, &model, &record.version, None);
-                    analysis::judge(&record.version, &counts, &slo, min_requests, time)
-                }
-                Err(e) => analysis::unavailable(&record.version, &e, time),
-            },
-        });
+        analysis = Some(analyse(llmd, &model, record, canary, window, ctx, now).await);
     }
 
     // Pods: the stable's fixed or autoscaled count first, since a promoting canary matches it.
@@ -423,6 +391,93 @@ fn handover_status(decided: &Decided, status: &mut LLMDeploymentStatus, wanted: 
     }
 }
 
+/// One canary analysis over the last `window` seconds: the canary's numbers, from Prometheus or
+/// the routers, judged against the SLO and the stable's numbers over the same window (after a
+/// promotion, when the previous stable takes no traffic, against its numbers from the last
+/// analysis before). Metrics that cannot be read, or routers that did not all answer, make it
+/// inconclusive: nothing is decided on partial numbers.
+async fn analyse(
+    llmd: &LLMDeployment,
+    model: &str,
+    record: &RolloutStatus,
+    canary: &ferry_crds::Canary,
+    window: u64,
+    ctx: &Context,
+    now: Timestamp,
+) -> AnalysisResult {
+    let time = rollout::timestamp(now);
+    let slo = llmd.spec.slo.clone().unwrap_or_default();
+    let min_requests = canary.analysis.min_requests;
+    let tolerance = &canary.analysis.baseline;
+    let promoted = record.state == RolloutState::Promoted;
+    let stable = record.previous_stable.as_str();
+    let measured = match &canary.analysis.prometheus {
+        Some(source) => {
+            let (namespace, name) = (llmd.namespace().unwrap_or_default(), llmd.name_any());
+            let vars = |version| promql::Vars {
+                model,
+                version,
+                namespace: &namespace,
+                name: &name,
+                window_seconds: window,
+            };
+            let canary_numbers = promql::measure(&ctx.http, source, &vars(&record.version)).await;
+            let stable_numbers = if tolerance.enabled && !promoted {
+                promql::measure(&ctx.http, source, &vars(stable))
+                    .await
+                    .map(Some)
+            } else {
+                Ok(None)
+            };
+            canary_numbers
+                .and_then(|c| Ok((c, stable_numbers?)))
+                .map(|(c, b)| (c, b, "prometheus"))
+        }
+        None => ctx
+            .routers
+            .summary(&ctx.http, window)
+            .await
+            .and_then(|stats| {
+                let summary = stats.complete()?;
+                let of = |version: &str| {
+                    analysis::Measured::from_counts(&analysis::version_counts(
+                        summary, model, version, None,
+                    ))
+                };
+                let baseline = (tolerance.enabled && !promoted).then(|| of(stable));
+                Ok((of(&record.version), baseline, "router"))
+            }),
+    };
+    match measured {
+        Ok((m, baseline, source)) => {
+            let baseline = match baseline {
+                Some(b) => Some(b.numbers(stable)),
+                None => record.baseline.clone().filter(|_| promoted),
+            };
+            let objectives = analysis::Objectives {
+                slo: &slo,
+                baseline: baseline.as_ref().map(|b| (b, tolerance)),
+            };
+            if promoted && tolerance.enabled && baseline.is_none() && !slo_set(&slo) {
+                return analysis::unavailable(
+                    &record.version,
+                    "no baseline numbers from before the promotion and no SLO to judge by",
+                    time,
+                );
+            }
+            analysis::judge_measured(&record.version, &m, &objectives, min_requests, time, source)
+        }
+        Err(e) => analysis::unavailable(&record.version, &e, time),
+    }
+}
+
+fn slo_set(slo: &ferry_crds::Slo) -> bool {
+    slo.ttft_p95_ms.is_some()
+        || slo.latency_p95_ms.is_some()
+        || slo.inter_token_p95_ms.is_some()
+        || slo.error_rate_percent.is_some()
+}
+
 /// How often a deployment scaled to zero asks the routers for held requests.
 const ZERO_POLL: Duration = Duration::from_secs(1);
 
@@ -513,14 +568,15 @@ async fn experiment_stats(
     ctx: &Context,
 ) -> Vec<VariantStats> {
     let window = ferry_router::stats::MAX_WINDOW.as_secs();
-    let Ok(summary) = ctx.routers.summary(&ctx.http, window).await else {
+    let Ok(stats) = ctx.routers.summary(&ctx.http, window).await else {
         return Vec::new();
     };
+    let summary = &stats.summary;
     experiment
         .variants
         .iter()
         .map(|v| {
-            let counts = analysis::version_counts(&summary, model, &v.version, Some(&v.name));
+            let counts = analysis::version_counts(summary, model, &v.version, Some(&v.name));
             analysis::variant_stats(&v.name, &v.version, v.weight, window, &counts)
         })
         .collect()
@@ -569,14 +625,13 @@ fn rollout_status(
     };
     let rolled_back = match decided.record.as_ref() {
         Some(r) if matches!(r.state, RolloutState::RolledBack | RolloutState::Failed) => {
+            let message = r.message.as_deref().unwrap_or_default();
             let reason = if r.state == RolloutState::Failed {
                 "CanaryFailed"
-            } else if r
-                .message
-                .as_deref()
-                .is_some_and(|m| m.starts_with("aborted"))
-            {
+            } else if message.starts_with("aborted") {
                 "Aborted"
+            } else if message.starts_with("no data") {
+                "NoData"
             } else {
                 "SloBreached"
             };

@@ -93,18 +93,40 @@ fn seconds_since(now: Timestamp, then: Option<Timestamp>) -> f64 {
     })
 }
 
-/// Whether `record` is in its rollback window after a promotion.
+/// Whether `record` is in its rollback window after a promotion: the window's seconds, and past
+/// them until an analysis has passed since the promotion (at most `progressDeadlineSeconds`
+/// more). A promotion is final only with evidence.
 pub fn in_rollback_window(
     spec: &LLMDeploymentSpec,
     record: &RolloutStatus,
     now: Timestamp,
 ) -> bool {
-    let window = spec
-        .canary
-        .as_ref()
-        .map_or(0, |c| c.rollback_window_seconds);
+    let Some(canary) = spec.canary.as_ref() else {
+        return false;
+    };
+    let (window, deadline) = (
+        f64::from(canary.rollback_window_seconds),
+        f64::from(canary.progress_deadline_seconds),
+    );
+    let since = seconds_since(now, parse(record.finished_at.as_ref()));
     record.state == RolloutState::Promoted
-        && seconds_since(now, parse(record.finished_at.as_ref())) < f64::from(window)
+        && (since < window
+            || (window > 0.0 && !passed_since_promotion(record) && since < window + deadline))
+}
+
+/// An analysis passed after the promotion. A rollout that never analysed (promoted by
+/// annotation from `Starting`: the user's decision) needs none.
+fn passed_since_promotion(record: &RolloutStatus) -> bool {
+    if record.last_conclusive_at.is_none() {
+        return true;
+    }
+    match (
+        parse(record.last_pass_at.as_ref()),
+        parse(record.finished_at.as_ref()),
+    ) {
+        (Some(pass), Some(promoted)) => pass > promoted,
+        _ => false,
+    }
 }
 
 /// The window (seconds) of the analysis due now, if one is: a rollout under analysis (not
@@ -178,6 +200,9 @@ pub fn advance(
             failed_analyses: 0,
             finished_at: None,
             message: None,
+            last_conclusive_at: None,
+            last_pass_at: None,
+            baseline: None,
         }
     } else {
         previous.cloned().expect("a record when not starting")
@@ -209,6 +234,10 @@ pub fn advance(
         };
     }
     if controls.pause && matches!(r.state, RolloutState::Starting | RolloutState::Analysing) {
+        // A paused rollout waits for no evidence: its progress deadline starts again on resume.
+        if r.state == RolloutState::Analysing {
+            r.last_conclusive_at = Some(timestamp(now));
+        }
         return Decision {
             record: Some(r),
             notes,
@@ -237,6 +266,7 @@ pub fn advance(
                 r.step = 0;
                 r.step_started_at = Some(timestamp(now));
                 r.last_analysis_at = Some(timestamp(now));
+                r.last_conclusive_at = Some(timestamp(now));
                 notes.push(step_note(&r.version, 0, steps, step_weight(canary, 0)));
                 requeue = Some(interval);
             } else if seconds_since(now, parse(Some(&r.started_at)))
@@ -257,6 +287,12 @@ pub fn advance(
         RolloutState::Analysing => {
             if let Some(a) = analysis {
                 r.last_analysis_at = Some(timestamp(now));
+                if a.baseline.is_some() {
+                    r.baseline = a.baseline.clone();
+                }
+                if a.verdict != Verdict::Inconclusive {
+                    r.last_conclusive_at = Some(timestamp(now));
+                }
                 match a.verdict {
                     Verdict::Fail => {
                         r.failed_analyses += 1;
@@ -275,6 +311,7 @@ pub fn advance(
                         }
                     }
                     Verdict::Pass => {
+                        r.last_pass_at = Some(timestamp(now));
                         let pause = canary
                             .steps
                             .get(r.step.max(0) as usize)
@@ -304,7 +341,22 @@ pub fn advance(
                             }
                         }
                     }
-                    Verdict::Inconclusive => {}
+                    Verdict::Inconclusive => {
+                        let deadline = f64::from(canary.progress_deadline_seconds);
+                        let since = seconds_since(now, parse(r.last_conclusive_at.as_ref()));
+                        if since > deadline {
+                            let reason = a.reason.clone().unwrap_or_default();
+                            finish(
+                                &mut r,
+                                now,
+                                RolloutState::RolledBack,
+                                format!(
+                                    "no data: no conclusive analysis for {} s (progressDeadlineSeconds); last: {reason}",
+                                    since.round()
+                                ),
+                            );
+                        }
+                    }
                 }
             }
             if r.state == RolloutState::Analysing {
@@ -315,9 +367,19 @@ pub fn advance(
     }
     if r.state == RolloutState::Promoting {
         let waited = seconds_since(now, parse(r.step_started_at.as_ref()));
-        if obs.canary_ready >= obs.canary_promote_pods
-            || waited > obs.cold_start_timeout.as_secs_f64()
+        if obs.canary_ready < obs.canary_promote_pods
+            && waited > obs.cold_start_timeout.as_secs_f64()
         {
+            // A canary short of the stable's pods would not carry its traffic: not promoted.
+            let message = format!(
+                "canary {} had {}/{} ready pods after the {} s cold-start timeout; not promoted",
+                r.version,
+                obs.canary_ready,
+                obs.canary_promote_pods,
+                obs.cold_start_timeout.as_secs()
+            );
+            finish(&mut r, now, RolloutState::Failed, message);
+        } else if obs.canary_ready >= obs.canary_promote_pods {
             finish(
                 &mut r,
                 now,
@@ -343,6 +405,12 @@ pub fn advance(
     } else if r.state == RolloutState::Promoted && in_rollback_window(spec, &r, now) {
         if let Some(a) = analysis {
             r.last_analysis_at = Some(timestamp(now));
+            if a.verdict != Verdict::Inconclusive {
+                r.last_conclusive_at = Some(timestamp(now));
+            }
+            if a.verdict == Verdict::Pass {
+                r.last_pass_at = Some(timestamp(now));
+            }
             if a.verdict == Verdict::Fail {
                 r.failed_analyses += 1;
                 let reason = a.reason.clone().unwrap_or_default();
@@ -361,6 +429,20 @@ pub fn advance(
                 - seconds_since(now, parse(r.finished_at.as_ref()));
             requeue = Some(interval.min(Duration::from_secs_f64(window_left.max(0.0) + 0.5)));
         }
+    } else if r.state == RolloutState::Promoted
+        && canary.rollback_window_seconds > 0
+        && !passed_since_promotion(&r)
+    {
+        // The window and the progress deadline after it ran out without one passing analysis.
+        finish(
+            &mut r,
+            now,
+            RolloutState::RolledBack,
+            format!(
+                "no data: no analysis passed within the {} s rollback window and the {} s progress deadline after it",
+                canary.rollback_window_seconds, canary.progress_deadline_seconds
+            ),
+        );
     }
     Decision {
         record: Some(r),
@@ -475,8 +557,10 @@ mod tests {
                     min_requests: 5,
                     failure_limit: 2,
                     prometheus: None,
+                    baseline: Default::default(),
                 },
                 rollback_window_seconds: 100,
+                progress_deadline_seconds: 30,
             }),
             experiment: None,
             slo: None,
@@ -508,6 +592,7 @@ mod tests {
             inter_token_p95_ms: None,
             error_rate_percent: None,
             source: None,
+            baseline: None,
             verdict: v,
             reason: Some(format!("{v:?} reason")),
         }
@@ -591,7 +676,9 @@ mod tests {
             (r.stable.as_str(), r.canary, r.warm),
             ("v2", None, Some("v1".into()))
         );
-        // After the window the previous stable goes cold, and nothing is analysed any more.
+        // A pass inside the window makes the promotion final: after the window the previous
+        // stable goes cold, and nothing is analysed any more.
+        run.tick(obs(50, 2), Verdict::Pass);
         let r = run.roles(141);
         assert_eq!(r.cold, ["v1"]);
         assert_eq!(
@@ -757,5 +844,91 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn a_rollout_without_a_conclusive_analysis_past_the_progress_deadline_is_rolled_back() {
+        let mut run = Run::new();
+        run.tick(obs(0, 1), Verdict::Pass);
+        assert_eq!(run.state(), (RolloutState::Analysing, 0));
+        // Inconclusive for 30 s (the deadline) is waited out; one more is not.
+        for s in [10, 20, 30] {
+            run.tick(obs(s, 1), Verdict::Inconclusive);
+            assert_eq!(run.state(), (RolloutState::Analysing, 0), "at {s}");
+        }
+        run.tick(obs(40, 1), Verdict::Inconclusive);
+        let r = run.record.clone().unwrap();
+        assert_eq!(r.state, RolloutState::RolledBack);
+        assert_eq!(
+            r.message.as_deref(),
+            Some(
+                "no data: no conclusive analysis for 40 s (progressDeadlineSeconds); last: Inconclusive reason"
+            )
+        );
+        // A pass in between restarts the clock.
+        let mut run = Run::new();
+        run.tick(obs(0, 1), Verdict::Pass);
+        run.tick(obs(20, 1), Verdict::Inconclusive);
+        run.tick(obs(30, 1), Verdict::Pass);
+        run.tick(obs(40, 1), Verdict::Inconclusive);
+        run.tick(obs(50, 1), Verdict::Inconclusive);
+        assert_eq!(run.state().0, RolloutState::Analysing);
+    }
+
+    #[test]
+    fn a_promotion_is_final_only_after_a_pass_and_rolls_back_without_one() {
+        let to_promoted = |run: &mut Run| {
+            run.tick(obs(0, 1), Verdict::Pass);
+            run.tick(obs(10, 1), Verdict::Pass);
+            run.tick(obs(30, 1), Verdict::Pass);
+            run.tick(obs(31, 2), Verdict::Pass);
+            assert_eq!(run.state().0, RolloutState::Promoted);
+        };
+        // Only inconclusive windows after the promotion: the previous stable stays warm past the
+        // window (100 s), and the promotion is rolled back at window + deadline (130 s).
+        let mut run = Run::new();
+        to_promoted(&mut run);
+        for s in [41, 81, 121, 141] {
+            run.tick(obs(s, 2), Verdict::Inconclusive);
+        }
+        assert_eq!(run.state().0, RolloutState::Promoted);
+        assert_eq!(run.roles(141).warm, Some("v1".into()));
+        run.tick(obs(162, 2), Verdict::Inconclusive);
+        let r = run.record.clone().unwrap();
+        assert_eq!(r.state, RolloutState::RolledBack);
+        assert_eq!(
+            r.message.as_deref(),
+            Some(
+                "no data: no analysis passed within the 100 s rollback window and the 30 s progress deadline after it"
+            )
+        );
+        assert_eq!(run.roles(162).stable, "v1");
+        // A late pass (after the window, within the deadline) makes it final.
+        let mut run = Run::new();
+        to_promoted(&mut run);
+        run.tick(obs(141, 2), Verdict::Pass);
+        assert_eq!(run.state().0, RolloutState::Promoted);
+        run.tick(obs(300, 2), Verdict::Inconclusive);
+        assert_eq!(run.state().0, RolloutState::Promoted);
+        assert_eq!(run.roles(300).cold, ["v1"]);
+    }
+
+    #[test]
+    fn a_canary_short_of_the_stables_pods_is_not_promoted_when_the_timer_runs_out() {
+        let mut run = Run::new();
+        run.tick(obs(0, 1), Verdict::Pass);
+        run.tick(obs(10, 1), Verdict::Pass);
+        run.tick(obs(30, 1), Verdict::Pass);
+        assert_eq!(run.state().0, RolloutState::Promoting);
+        run.tick(obs(89, 1), Verdict::Pass);
+        assert_eq!(run.state().0, RolloutState::Promoting);
+        run.tick(obs(91, 1), Verdict::Pass);
+        let r = run.record.clone().unwrap();
+        assert_eq!(r.state, RolloutState::Failed);
+        assert_eq!(
+            r.message.as_deref(),
+            Some("canary v2 had 1/2 ready pods after the 60 s cold-start timeout; not promoted")
+        );
+        assert_eq!(run.roles(91).stable, "v1");
     }
 }

@@ -18,14 +18,36 @@ pub struct Routers {
     pub urls: Vec<String>,
 }
 
+/// The routers' merged statistics, and the routers that did not answer (their requests are
+/// missing from it).
+pub struct RouterStats {
+    pub summary: Summary,
+    pub missing: Vec<String>,
+}
+
+impl RouterStats {
+    /// Every router answered: the numbers cover every request.
+    pub fn complete(&self) -> Result<&Summary, String> {
+        if self.missing.is_empty() {
+            Ok(&self.summary)
+        } else {
+            Err(format!(
+                "{} router(s) did not answer, so their requests are missing: {}",
+                self.missing.len(),
+                self.missing.join("; ")
+            ))
+        }
+    }
+}
+
 impl Routers {
-    /// The merged `/internal/stats?window=…` of every router (several replicas count together).
-    /// Routers that do not answer are left out; an error only when none answered.
+    /// The merged `/internal/stats?window=…` of every router (several replicas count together),
+    /// and which did not answer; an error only when none answered.
     pub async fn summary(
         &self,
         http: &reqwest::Client,
         window_seconds: u64,
-    ) -> Result<Summary, String> {
+    ) -> Result<RouterStats, String> {
         let mut bases = self.urls.clone();
         if let Some((api, selector)) = &self.pods {
             match api.list(&ListParams::default().labels(selector)).await {
@@ -51,7 +73,7 @@ impl Routers {
     /// to zero. 0 when no router answers.
     pub async fn held(&self, http: &reqwest::Client, model: &str) -> u64 {
         match self.summary(http, 1).await {
-            Ok(s) => s.held.get(model).copied().unwrap_or(0),
+            Ok(s) => s.summary.held.get(model).copied().unwrap_or(0),
             Err(e) => {
                 tracing::warn!(error = %e, model, "cannot read held requests from the routers");
                 0
@@ -64,7 +86,7 @@ async fn summary_of(
     http: &reqwest::Client,
     routers: &[String],
     window_seconds: u64,
-) -> Result<Summary, String> {
+) -> Result<RouterStats, String> {
     let fetches = routers.iter().map(|base| async move {
         let url = format!(
             "{}/internal/stats?window={window_seconds}s",
@@ -91,12 +113,14 @@ async fn summary_of(
             .collect::<Vec<_>>()
             .join("; "));
     }
-    for e in errors.into_iter().filter_map(Result::err) {
+    let missing: Vec<String> = errors.into_iter().filter_map(Result::err).collect();
+    for e in &missing {
         tracing::warn!(error = %e, "a router did not answer for stats");
     }
-    Ok(Summary::merge(
-        &ok.into_iter().filter_map(Result::ok).collect::<Vec<_>>(),
-    ))
+    Ok(RouterStats {
+        summary: Summary::merge(&ok.into_iter().filter_map(Result::ok).collect::<Vec<_>>()),
+        missing,
+    })
 }
 
 /// Sum of `ferry_queue_depth` over the pods at `addresses`, and whether every pod answered.

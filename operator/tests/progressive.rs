@@ -629,7 +629,7 @@ async fn a_canary_slow_to_its_first_token_is_rolled_back_by_ttft_while_its_laten
         &s.ns,
         &with_canary(
             "{version: v2-prefill, steps: [{weight: 50, pauseSeconds: 60}], \
-             analysis: {intervalSeconds: 3, minRequests: 3, failureLimit: 2}}",
+             analysis: {intervalSeconds: 3, minRequests: 3, failureLimit: 2, baseline: {enabled: false}}}",
             "{ttftP95Ms: 1000, latencyP95Ms: 6000}",
         ),
     );
@@ -654,6 +654,107 @@ async fn a_canary_slow_to_its_first_token_is_rolled_back_by_ttft_while_its_laten
     assert!(ttft >= 1500.0, "TTFT p95 {ttft}");
     assert!(latency < 6000.0, "latency p95 {latency}");
     assert_eq!(failed, 0, "client requests failed: {last}");
+    s.cleanup();
+}
+
+/// No SLO at all: the canary is judged against the stable over the same window (the default), and
+/// one 1.5 s slower than the stable is rolled back, the reason naming the stable's number.
+#[tokio::test]
+async fn a_canary_without_an_slo_slower_than_the_stable_is_rolled_back_by_the_comparison() {
+    let s = setup("pd-baseline").await;
+    let _operator = s.operator("op", &[]);
+    apply(&s.ns, &model_version("v1", "[]"));
+    apply(
+        &s.ns,
+        &model_version("v2-slow", "[{name: FERRY_FAULT_LATENCY_MS, value: '1500'}]"),
+    );
+    s.serve_stable("v1").await;
+    let load = Load::start(&s.router, "chat", 6);
+    apply(
+        &s.ns,
+        "apiVersion: serving.ferry.dev/v1alpha1
+kind: LLMDeployment
+metadata: {name: chat}
+spec:
+  stable: v1
+  replicas: 1
+  servedModelName: chat
+  canary:
+    version: v2-slow
+    steps: [{weight: 50, pauseSeconds: 60}]
+    analysis: {intervalSeconds: 3, minRequests: 3, failureLimit: 2}
+",
+    );
+    let rolled_back = wait_for("the rollback", Duration::from_secs(120), || async {
+        let status = s.status("chat").await;
+        (status.phase == Some(Phase::RolledBack)).then_some(status)
+    })
+    .await;
+    let (answered, failed, last) = load.finish().await;
+    let message = rolled_back.rollout.clone().unwrap().message.unwrap();
+    let analysis = rolled_back.last_analysis.clone().unwrap();
+    let baseline = analysis.baseline.clone().unwrap();
+    println!(
+        "canary without an SLO rolled back against the stable: {message}; canary latency p95 \
+         {:?} ms vs stable {:?} ms; answers {answered:?}, failed {failed}",
+        analysis.latency_p95_ms, baseline.latency_p95_ms
+    );
+    assert!(message.contains(" ms > stable v1 "), "{message}");
+    assert_eq!(baseline.version, "v1");
+    assert!(baseline.requests >= 3, "{baseline:?}");
+    assert_eq!(failed, 0, "client requests failed: {last}");
+    s.cleanup();
+}
+
+/// No verdict without evidence: a canary that gets no traffic is never promoted, and at its
+/// progress deadline it is rolled back with reason NoData.
+#[tokio::test]
+async fn a_canary_without_traffic_is_rolled_back_for_no_data_at_its_progress_deadline() {
+    let s = setup("pd-nodata").await;
+    let _operator = s.operator("op", &[]);
+    apply(&s.ns, &model_version("v1", "[]"));
+    apply(&s.ns, &model_version("v2", "[]"));
+    s.serve_stable("v1").await;
+    apply(
+        &s.ns,
+        &with_canary(
+            "{version: v2, steps: [{weight: 50, pauseSeconds: 0}], \
+             analysis: {intervalSeconds: 2, minRequests: 3}, progressDeadlineSeconds: 10}",
+            "{latencyP95Ms: 5000}",
+        ),
+    );
+    let analysing = wait_for("the canary analysed", Duration::from_secs(60), || async {
+        let state = rollout_state(&s.status("chat").await)?;
+        (state.0 == RolloutState::Analysing).then(Instant::now)
+    })
+    .await;
+    let rolled_back = wait_for("the NoData rollback", Duration::from_secs(40), || async {
+        let status = s.status("chat").await;
+        (status.phase == Some(Phase::RolledBack)).then_some(status)
+    })
+    .await;
+    let after = analysing.elapsed();
+    let message = rolled_back.rollout.clone().unwrap().message.unwrap();
+    println!(
+        "canary without traffic rolled back after {:.1} s: {message}",
+        after.as_secs_f64()
+    );
+    assert!(
+        message.starts_with("no data: no conclusive analysis for "),
+        "{message}"
+    );
+    assert!(message.contains("fewer than minRequests 3"), "{message}");
+    assert!(after >= Duration::from_secs(10), "{after:?}");
+    let condition = rolled_back
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RolledBack")
+        .unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "NoData")
+    );
+    assert_eq!(rolled_back.traffic[0].version, "v1");
     s.cleanup();
 }
 

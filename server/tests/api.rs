@@ -603,7 +603,15 @@ async fn overload_gets_429_with_retry_after_and_everything_else_completes() {
 
 #[tokio::test]
 async fn shutdown_stops_admitting_and_drains_in_flight_streams() {
-    let mut s = tiny(&["--drain-seconds", "30"]).await;
+    // The stream's first token waits 1 s, so it is surely in flight when the shutdown begins
+    // (the tiny model would otherwise finish 300 tokens in well under 100 ms on a fast machine).
+    let mut s = tiny(&[
+        "--drain-seconds",
+        "30",
+        "--fault-first-token-delay-ms",
+        "1000",
+    ])
+    .await;
     let stream = s.long_stream(300).await;
     assert_eq!(stream.status(), 200);
     s.begin_shutdown();

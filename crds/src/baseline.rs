@@ -1,0 +1,78 @@
+//! Comparing a canary with its baseline, the stable, over the same window.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How much worse than the stable a canary may be. The canary is judged against the stable's
+/// numbers over the same window (after a promotion, against the stable's numbers from the last
+/// analysis before it), whether or not `spec.slo` is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Baseline {
+    /// Judge the canary against the stable (default). Turned off, only `spec.slo` judges it.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    /// Percentage points by which the canary's error rate may exceed the stable's.
+    #[serde(default = "default_error_rate_points")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub error_rate_points: f64,
+    /// Percent by which the canary's TTFT, end-to-end and inter-token p95 may exceed the
+    /// stable's.
+    #[serde(default = "default_latency_increase_percent")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub latency_increase_percent: u32,
+    /// Differences in TTFT, latency or inter-token p95 smaller than this many milliseconds never
+    /// count (the noise of small numbers).
+    #[serde(default = "default_min_increase_ms")]
+    #[schemars(range(min = 0, max = 600000))]
+    pub min_increase_ms: u32,
+}
+
+impl Default for Baseline {
+    fn default() -> Self {
+        Self {
+            enabled: default_enabled(),
+            error_rate_points: default_error_rate_points(),
+            latency_increase_percent: default_latency_increase_percent(),
+            min_increase_ms: default_min_increase_ms(),
+        }
+    }
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+fn default_error_rate_points() -> f64 {
+    1.0
+}
+
+fn default_latency_increase_percent() -> u32 {
+    50
+}
+
+fn default_min_increase_ms() -> u32 {
+    50
+}
+
+/// A version's numbers over an analysis window.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Numbers {
+    /// ModelVersion measured.
+    pub version: String,
+    /// Requests in the window.
+    pub requests: i64,
+    /// 95th percentile time to first token, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p95_ms: Option<f64>,
+    /// 95th percentile end-to-end latency, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p95_ms: Option<f64>,
+    /// 95th percentile inter-token latency, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inter_token_p95_ms: Option<f64>,
+    /// Failed requests, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate_percent: Option<f64>,
+}
