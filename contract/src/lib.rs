@@ -2,4 +2,9 @@
 //! operator and ferry-bench each read these definitions from here, so a name or a rule is
 //! defined once.
 
+pub mod error;
+pub mod metrics;
+#[cfg(feature = "pods")]
+pub mod pods;
+pub mod stats;
 pub mod ttft;

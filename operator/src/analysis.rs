@@ -1,8 +1,8 @@
 //! Judging a version by the router's statistics: the pure part of canary analysis, and the
 //! per-variant numbers of an experiment.
 
+use ferry_contract::stats::{Counts, SeriesKey, SeriesSummary, Summary};
 use ferry_crds::{AnalysisResult, Baseline, Numbers, Slo, VariantStats, Verdict};
-use ferry_router::stats::{Counts, SeriesKey, SeriesSummary, Summary};
 
 /// Everything the routers counted for one version of one model over the window: all its
 /// variants, or only `variant`.
@@ -286,7 +286,7 @@ fn round(v: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_router::stats::SeriesKey;
+    use ferry_contract::stats::SeriesKey;
     use std::time::Duration;
 
     fn counts(requests: u64, errors: u64, ttft_ms: &[u64], latency_ms: u64) -> Counts {

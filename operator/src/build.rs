@@ -1,6 +1,6 @@
-//! The pure middle of the LLMDeployment pipeline: from the spec, the referenced ModelVersions
-//! and what is observed in the cluster, the objects that should exist and the status to report.
-//! Nothing here calls the API.
+//! The objects an LLMDeployment should have and the serving part of its status, from the plan
+//! [`crate::plan`] decided (which versions run with how many pods, the traffic split), the
+//! referenced ModelVersions and what is observed in the cluster. Nothing here calls the API.
 
 use std::collections::BTreeMap;
 
@@ -74,42 +74,6 @@ pub struct Plan {
     pub queue_depth: BTreeMap<String, i64>,
 }
 
-impl Plan {
-    /// No canary, no experiment: the stable at its fixed count (or, autoscaled, at what the
-    /// Deployment has, within the bounds), with all traffic.
-    pub fn steady(llmd: &LLMDeployment, observed: &BTreeMap<String, Observed>) -> Self {
-        let stable = llmd.spec.stable.clone();
-        let seen = observed.get(&stable).copied().unwrap_or_default();
-        Self {
-            replicas: BTreeMap::from([(stable.clone(), stable_replicas(llmd, seen))]),
-            traffic: vec![TrafficTarget {
-                version: stable.clone(),
-                weight: 100,
-                variant: None,
-            }],
-            stable,
-            queue_depth: BTreeMap::new(),
-        }
-    }
-}
-
-/// Desired objects and status of a valid LLMDeployment with no rollout: [`build_plan`] with
-/// [`Plan::steady`].
-pub fn build(
-    llmd: &LLMDeployment,
-    versions: &BTreeMap<String, ModelVersion>,
-    observed: &BTreeMap<String, Observed>,
-    settings: &Settings,
-) -> Desired {
-    build_plan(
-        llmd,
-        versions,
-        observed,
-        settings,
-        &Plan::steady(llmd, observed),
-    )
-}
-
 /// Desired objects and status of a valid LLMDeployment. `versions` holds the referenced
 /// ModelVersions (validation made sure they exist); `observed` the versions' Deployments by
 /// version; `plan` the pods and traffic of each version.
@@ -167,17 +131,6 @@ pub fn build_plan(
         services,
         status,
         conditions: serving_conditions(&stable, replicas, ready),
-    }
-}
-
-/// Stable pods wanted: the fixed count, or (autoscaling) what the Deployment has, clamped to the
-/// autoscaling bounds, so the autoscaler's decisions are not undone here.
-pub fn stable_replicas(llmd: &LLMDeployment, seen: Observed) -> i32 {
-    match &llmd.spec.autoscaling {
-        None => llmd.spec.fixed_replicas(),
-        Some(a) => seen
-            .replicas
-            .clamp(a.min_replicas, a.max_replicas.max(a.min_replicas)),
     }
 }
 

@@ -17,10 +17,12 @@ mod http;
 pub mod leader;
 pub mod metrics;
 pub mod model_version;
+pub mod plan;
 pub mod pod;
 pub mod promql;
 pub mod rollout;
 mod signals;
+pub mod status;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -170,8 +172,10 @@ pub struct Context {
     pub http: reqwest::Client,
     /// Where the routers' `/internal/stats` are.
     pub routers: signals::Routers,
-    /// Autoscaling history per `namespace/llmdeployment/version`.
-    pub scaling: std::sync::Mutex<std::collections::HashMap<String, autoscale::History>>,
+    /// Autoscaling history per `namespace/llmdeployment`, then per version.
+    pub scaling: std::sync::Mutex<
+        std::collections::HashMap<String, std::collections::BTreeMap<String, autoscale::History>>,
+    >,
     /// The monotonic clock the autoscaling history counts from.
     pub started: std::time::Instant,
     pub autoscale_interval: Duration,

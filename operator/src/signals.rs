@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ferry_router::stats::Summary;
+use ferry_contract::stats::Summary;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
@@ -54,7 +54,7 @@ impl Routers {
                 Ok(pods) => bases.extend(
                     pods.items
                         .iter()
-                        .filter_map(ferry_router::discovery::ready_address)
+                        .filter_map(ferry_contract::pods::ready_address)
                         .map(|address| format!("http://{address}")),
                 ),
                 Err(e) => tracing::warn!(error = %e, %selector, "cannot list the router pods"),
@@ -135,7 +135,7 @@ pub async fn queue_depth(http: &reqwest::Client, addresses: &[SocketAddr]) -> (u
             .text()
             .await
             .ok()?;
-        ferry_router::discovery::queue_depth(&text)
+        ferry_contract::pods::queue_depth(&text)
     });
     let depths = futures::future::join_all(reads).await;
     let complete = depths.iter().all(Option::is_some);

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use ferry_crds::{LLMDeployment, ModelVersion, Phase};
-use ferry_operator::build::{APPLIED_HASH, Observed, Settings, build, child_name, dns_label};
+use ferry_operator::build::{APPLIED_HASH, Desired, Observed, Settings, child_name, dns_label};
+use ferry_operator::plan::{Inputs, Signals, plan};
 use ferry_operator::pod::ServerSettings;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Container;
@@ -19,6 +20,27 @@ fn settings() -> Settings {
         },
         router_endpoint: "http://10.0.0.9:8080/v1".into(),
     }
+}
+
+/// The objects and status the operator's planner (the function the reconcile calls) decides for a
+/// first reconcile: no status yet, no outside signals.
+fn build(
+    llmd: &LLMDeployment,
+    versions: &BTreeMap<String, ModelVersion>,
+    observed: &BTreeMap<String, Observed>,
+    settings: &Settings,
+) -> Desired {
+    let inputs = Inputs {
+        llmd,
+        versions,
+        observed,
+        signals: &Signals::default(),
+        settings,
+        now: k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+        mono_seconds: 0.0,
+        autoscale_interval: std::time::Duration::from_secs(5),
+    };
+    plan(&inputs, &mut BTreeMap::new()).desired
 }
 
 /// YAML through JSON: serde_yaml wants tags for enums, the API's JSON does not.
@@ -565,4 +587,94 @@ fn child_names_are_dns_labels_that_stay_unique_when_cut() {
     let b = child_name("chat", &format!("{long}b"));
     assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
     assert_ne!(a, b);
+}
+
+#[test]
+fn the_planner_keeps_the_old_split_until_a_directly_changed_stable_is_ready() {
+    let mut versions = mv(
+        "v1",
+        "{source: {pvc: {claimName: w}}, format: gguf, files: [m.gguf], resources: {gpus: 0}}",
+    );
+    versions.extend(mv(
+        "v2",
+        "{source: {pvc: {claimName: w}}, format: gguf, files: [m.gguf], resources: {gpus: 0}}",
+    ));
+    // `stable` was v1 (the status says so) and is now v2.
+    let mut d = llmd("{stable: v2, replicas: 1}");
+    d.status = Some(serde_json::from_value(serde_json::json!({
+        "traffic": [{"version": "v1", "weight": 100}], "stableVersion": "v1", "phase": "Available",
+    })).unwrap());
+    let decide = |v2_ready: i32| {
+        let observed = BTreeMap::from([
+            (
+                "v1".to_string(),
+                Observed {
+                    replicas: 1,
+                    ready: 1,
+                },
+            ),
+            (
+                "v2".to_string(),
+                Observed {
+                    replicas: 1,
+                    ready: v2_ready,
+                },
+            ),
+        ]);
+        let inputs = Inputs {
+            llmd: &d,
+            versions: &versions,
+            observed: &observed,
+            signals: &Signals::default(),
+            settings: &settings(),
+            now: k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+            mono_seconds: 0.0,
+            autoscale_interval: std::time::Duration::from_secs(5),
+        };
+        plan(&inputs, &mut BTreeMap::new())
+    };
+
+    let starting = decide(0);
+    assert_eq!(
+        json(&starting.status.traffic),
+        serde_json::json!([{"version": "v1", "weight": 100}])
+    );
+    assert_eq!(starting.status.phase, Some(Phase::Progressing));
+    let names: Vec<_> = starting
+        .desired
+        .deployments
+        .iter()
+        .map(|d| d.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["chat-v1", "chat-v2"], "v1 keeps its pod, v2 starts");
+    let progressing = starting
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .unwrap();
+    assert_eq!(progressing.reason, "WaitingForReadyPods");
+    assert_eq!(
+        progressing.message,
+        "traffic stays on v1 until v2 (0/1 pods ready) can take it"
+    );
+    assert_eq!(starting.notes[0].reason, "WaitingForReadyPods");
+    assert!(starting.requeue <= std::time::Duration::from_secs(2));
+
+    let ready = decide(1);
+    assert_eq!(
+        json(&ready.status.traffic),
+        serde_json::json!([{"version": "v2", "weight": 100}])
+    );
+    assert_eq!(ready.status.phase, Some(Phase::Available));
+    let names: Vec<_> = ready
+        .desired
+        .deployments
+        .iter()
+        .map(|d| d.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["chat-v2"],
+        "v1 is no longer wanted (pruned once v2 is ready)"
+    );
 }

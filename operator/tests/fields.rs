@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use ferry_crds::{LLMDeployment, ModelVersion, Validate};
-use ferry_operator::build::{Settings, build};
+use ferry_operator::build::{Desired, Observed, Settings};
+use ferry_operator::plan::{Inputs, Signals, plan};
 use ferry_operator::pod::ServerSettings;
 use serde_json::{Value, json};
 
@@ -21,6 +22,27 @@ fn settings() -> Settings {
         },
         router_endpoint: "http://10.0.0.9:8080/v1".into(),
     }
+}
+
+/// The objects and status the operator's planner (the function the reconcile calls) decides for a
+/// first reconcile: no status yet, no outside signals.
+fn build(
+    llmd: &LLMDeployment,
+    versions: &BTreeMap<String, ModelVersion>,
+    observed: &BTreeMap<String, Observed>,
+    settings: &Settings,
+) -> Desired {
+    let inputs = Inputs {
+        llmd,
+        versions,
+        observed,
+        signals: &Signals::default(),
+        settings,
+        now: k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+        mono_seconds: 0.0,
+        autoscale_interval: std::time::Duration::from_secs(5),
+    };
+    plan(&inputs, &mut BTreeMap::new()).desired
 }
 
 /// A leaf of the schema: its path under `spec` and its schema.

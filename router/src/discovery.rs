@@ -3,14 +3,11 @@
 //! Also reads each pod's `ferry_queue_depth` so the load of pods shared with other routers counts.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_crds::LLMDeployment;
-use ferry_crds::labels::{
-    LABEL_DEPLOYMENT, LABEL_VERSION, SERVER_PORT, SERVER_PORT_NAME, label_value,
-};
+use ferry_crds::labels::{LABEL_DEPLOYMENT, LABEL_VERSION, label_value};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, Store};
@@ -18,6 +15,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
+
+pub use ferry_contract::pods::{queue_depth, ready_address};
 
 use crate::table::{Backend, Endpoint, Route, Sticky, Table};
 
@@ -141,32 +140,6 @@ fn route_for(
     }
 }
 
-/// The address to send requests to, if the pod is ready and not shutting down.
-pub fn ready_address(pod: &Pod) -> Option<SocketAddr> {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    if !ready {
-        return None;
-    }
-    let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
-    let port = pod
-        .spec
-        .iter()
-        .flat_map(|s| &s.containers)
-        .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| p.name.as_deref() == Some(SERVER_PORT_NAME))
-        .map(|p| p.container_port)
-        .unwrap_or(SERVER_PORT);
-    Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
-}
-
 /// Watches LLMDeployments and ferry pods (in `namespace`, or everywhere) and publishes a new table
 /// on every change. Runs until the process ends.
 pub async fn run(client: Client, namespace: Option<String>, table: watch::Sender<Arc<Table>>) {
@@ -249,33 +222,5 @@ pub async fn scrape_queue_depths(
             }
         });
         futures::future::join_all(reads).await;
-    }
-}
-
-/// The value of `ferry_queue_depth` in a Prometheus text exposition.
-pub fn queue_depth(metrics: &str) -> Option<u64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            l.strip_prefix("ferry_queue_depth")
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v.max(0.0) as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_queue_depth_gauge() {
-        let text = "# HELP ferry_queue_depth x\n# TYPE ferry_queue_depth gauge\n\
-                    ferry_queue_depth_other 9\nferry_queue_depth{model=\"m\",version=\"v\"} 7\n";
-        assert_eq!(queue_depth(text), Some(7));
-        assert_eq!(queue_depth("ferry_queue_depth 3\n"), Some(3));
-        assert_eq!(queue_depth("nothing 1\n"), None);
     }
 }

@@ -5,7 +5,6 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -121,7 +120,13 @@ impl RouterError {
             Self::ModelNotFound { .. } => Some("model"),
             _ => None,
         };
-        json!({"error": {"message": self.to_string(), "type": self.kind(), "param": param, "code": self.code()}})
+        ferry_contract::error::OpenAiError {
+            message: self.to_string(),
+            kind: self.kind(),
+            param,
+            code: self.code(),
+        }
+        .body()
     }
 
     fn retry_after(&self) -> Option<u64> {

@@ -447,8 +447,13 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The event a stream ends with when its pod fails mid-way.
 pub fn stream_error_event(message: &str) -> Bytes {
-    let body = serde_json::json!({"error": {"message": message, "type": "server_error",
-                                             "param": null, "code": "upstream_stream_failed"}});
+    let body = ferry_contract::error::OpenAiError {
+        message: message.to_string(),
+        kind: "server_error",
+        param: None,
+        code: "upstream_stream_failed",
+    }
+    .body();
     Bytes::from(format!("data: {body}\n\ndata: [DONE]\n\n"))
 }
 

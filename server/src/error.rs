@@ -4,7 +4,6 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -38,20 +37,6 @@ pub enum ApiError {
     /// The path does not exist.
     #[error("Unknown endpoint {0}.")]
     NotFound(String),
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    message: String,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    param: Option<&'a str>,
-    code: &'a str,
 }
 
 impl ApiError {
@@ -117,15 +102,13 @@ impl ApiError {
             Self::ModelNotFound(_) => Some("model"),
             _ => None,
         };
-        serde_json::to_value(ErrorBody {
-            error: ErrorDetail {
-                message: self.to_string(),
-                kind: self.kind(),
-                param,
-                code: self.code(),
-            },
-        })
-        .expect("error bodies serialize")
+        ferry_contract::error::OpenAiError {
+            message: self.to_string(),
+            kind: self.kind(),
+            param,
+            code: self.code(),
+        }
+        .body()
     }
 }
 

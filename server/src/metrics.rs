@@ -20,7 +20,7 @@ const INTER_TOKEN_BUCKETS: &[f64] = &[
 ];
 
 /// Name of the gauge the autoscaler reads: requests waiting + running in this pod.
-pub const QUEUE_DEPTH: &str = "ferry_queue_depth";
+pub const QUEUE_DEPTH: &str = ferry_contract::metrics::QUEUE_DEPTH;
 
 #[derive(Clone)]
 pub struct Metrics {
