@@ -2,9 +2,11 @@
 //! operator and ferry-bench each read these definitions from here, so a name or a rule is
 //! defined once.
 
+pub mod auth;
 pub mod error;
 pub mod metrics;
 #[cfg(feature = "pods")]
 pub mod pods;
 pub mod stats;
+pub mod tokens;
 pub mod ttft;

@@ -354,9 +354,11 @@ async fn a_killed_backend_is_retried_on_another_pod() {
 
 /// A pod whose network disappears while requests wait on it (no FIN, no RST, no answer: what a
 /// pod whose network is torn down before its process exits looks like): the router finds those
-/// connections dead (TCP keepalive) and sends the requests to the other pod. Nothing hangs.
+/// connections dead (TCP keepalive) within seconds, and answers them 502 with Retry-After rather
+/// than sending them to another pod (the pod may have started them; a request that crashes pods
+/// must not visit every pod). New requests go to the other pod. Nothing hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn requests_waiting_on_a_pod_that_goes_silent_are_retried_on_another() {
+async fn requests_waiting_on_a_pod_that_goes_silent_fail_fast_and_new_ones_go_to_another() {
     let scene = Scene::new("router-silent").await;
     // Both pods hold each request a while, so the least-loaded choice spreads the burst over
     // both and requests are still waiting on the first when it goes silent.
@@ -382,20 +384,42 @@ async fn requests_waiting_on_a_pod_that_goes_silent_are_retried_on_another() {
     .await
     .expect("requests on the silent pod hung");
     let took = started.elapsed();
-    let mut by_pod = BTreeMap::<String, usize>::new();
+    let (mut answered, mut failed) = (0, 0);
     for r in responses {
-        assert_eq!(r.status(), 200, "{:?}", r.text().await);
-        *by_pod.entry(header(&r, "x-ferry-pod")).or_default() += 1;
+        match r.status().as_u16() {
+            200 => {
+                assert_eq!(header(&r, "x-ferry-pod"), "q-1");
+                answered += 1;
+            }
+            502 => {
+                assert_eq!(header(&r, "retry-after"), "1");
+                let body: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "upstream_unreachable");
+                let message = body["error"]["message"].as_str().unwrap();
+                assert!(
+                    !message.contains("127.") && !message.contains("q-0"),
+                    "pod internals in {message}"
+                );
+                failed += 1;
+            }
+            other => panic!("unexpected {other}: {:?}", r.text().await),
+        }
     }
-    assert_eq!(by_pod, BTreeMap::from([("q-1".to_string(), 8)]));
-    let metrics = router.get("/metrics").await.text().await.unwrap();
-    let retried = ferry_e2e::metric_sum(&metrics, "ferry_router_retries_total", "model=\"q\"");
     assert!(
-        retried >= 1.0,
-        "requests sent to q-0 were retried:\n{metrics}"
+        failed >= 1 && answered >= 1,
+        "{answered} answered, {failed} failed"
     );
+    // New requests: the silent pod's new connections time out, it is skipped, the other answers.
+    for _ in 0..4 {
+        let r = router
+            .post("/v1/chat/completions", chat("q", json!({})))
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-ferry-pod"), "q-1");
+    }
     println!(
-        "silent pod: {retried} requests retried on the other pod; all 8 answered after {took:?}"
+        "silent pod: {failed} requests waiting on it answered 502 after {took:?} (not sent \
+         again), {answered} answered by the other pod, and new ones go there"
     );
 }
 
@@ -676,4 +700,82 @@ async fn requests_go_to_the_less_loaded_pod() {
         !counts.contains_key(&busy),
         "a request went to the busy pod {busy}: {counts:?}"
     );
+}
+
+/// Tokens per minute are charged for every answer: a stream whose client did not ask for usage
+/// is counted from its output events and the pod's prompt-token header, and `max_tokens` is
+/// reserved before the request goes out, so requests in parallel cannot overshoot the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_limits_charge_plain_streams_and_reserve_max_tokens_up_front() {
+    let scene = Scene::new("router-tpm").await;
+    let backend = Backend::start("tpm", "v1", &[]).await;
+    scene.serve_v1("tpm", &[&backend]).await;
+    scene
+        .ns
+        .kubectl([
+            "create",
+            "secret",
+            "generic",
+            "keys",
+            "--from-literal=team-a=sk-tpm-a",
+        ])
+        .ok("create secret");
+    let router = Router::start(
+        &scene,
+        &[
+            "--api-keys-secret",
+            "keys",
+            "--api-keys-namespace",
+            &scene.ns.name,
+            "--key-tokens-per-minute",
+            "600",
+        ],
+    )
+    .await;
+    let send = |extra: serde_json::Value| {
+        router
+            .http
+            .post(format!("{}/v1/chat/completions", router.base))
+            .bearer_auth("sk-tpm-a")
+            .json(&chat("tpm", extra))
+            .send()
+    };
+    let started = Instant::now();
+    while send(json!({"max_tokens": 1})).await.unwrap().status() == 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "keys never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Plain streams (no usage asked for), 40 tokens each: the budget of 600 a minute runs out
+    // after a dozen or so, which it never would if they were charged nothing.
+    let plain = json!({"stream": true, "max_tokens": 40, "ignore_eos": true});
+    let mut answered = 0;
+    let limited = loop {
+        let r = send(plain.clone()).await.unwrap();
+        if r.status() == 429 {
+            break r;
+        }
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(
+            !text.contains("\"usage\""),
+            "usage the client did not ask for"
+        );
+        answered += 1;
+        assert!(answered < 30, "plain streams were not charged");
+    };
+    let retry_after: u64 = header(&limited, "retry-after").parse().unwrap();
+    let body: serde_json::Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    println!(
+        "600 tokens/minute: {answered} plain 40-token streams answered, then 429 (retry after {retry_after} s)"
+    );
+    assert!((8..=15).contains(&answered), "{answered}");
+
+    // A request asking for more than is left is refused before it goes out.
+    let r = send(json!({"max_tokens": 500})).await.unwrap();
+    assert_eq!(r.status(), 429);
 }

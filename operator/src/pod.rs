@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use ferry_crds::{EngineSpec, ModelFormat, ModelSource, ModelVersionSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    ImageVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec, Probe, ResourceRequirements,
-    SecretKeySelector, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ImageVolumeSource, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -122,19 +123,54 @@ pub fn server_pod_spec(
             ..Default::default()
         }),
         volume_mounts: Some(mounts),
+        security_context: Some(locked_down()),
         ..Default::default()
     };
     let mut volumes = vec![empty_dir("tmp")];
     volumes.extend(delivery.volume);
     PodSpec {
         containers: vec![server],
-        init_containers: delivery.init.map(|c| vec![c]),
+        init_containers: delivery.init.map(|c| {
+            vec![Container {
+                security_context: Some(locked_down()),
+                ..c
+            }]
+        }),
         volumes: Some(volumes),
         node_selector: Some(spec.resources.node_selector.clone()).filter(|m| !m.is_empty()),
         tolerations: Some(spec.resources.tolerations.clone()).filter(|t| !t.is_empty()),
         // Room for the drain plus the kubelet's own stop time.
         termination_grace_period_seconds: Some(i64::from(settings.drain_seconds) + 15),
         enable_service_links: Some(false),
+        // The server needs nothing from the API server; no token to steal.
+        automount_service_account_token: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NOBODY),
+            run_as_group: Some(NOBODY),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The user the server runs as (`nobody`; the images carry it in /etc/passwd).
+const NOBODY: i64 = 65534;
+
+/// Every container of a server pod: no privilege escalation, no capabilities, a read-only root
+/// filesystem (the server writes only to its `/tmp` volume, and the weights volumes).
+fn locked_down() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
         ..Default::default()
     }
 }

@@ -133,7 +133,10 @@ async fn query(
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     // Prometheus answers a bad query with 400 and the reason in the JSON body.
-    let body = response.text().await.map_err(|e| format!("{url}: {e}"))?;
+    let body = crate::signals::read_capped(response, 4 * 1024 * 1024)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let body = String::from_utf8_lossy(&body);
     value_of(&body).map_err(|e| format!("{e} (query: {promql})"))
 }
 

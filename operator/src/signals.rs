@@ -10,6 +10,23 @@ use kube::api::{Api, ListParams};
 
 /// How long one router or pod may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// The most read of a pod's `/metrics` (a few KiB normally).
+const MAX_METRICS_BYTES: usize = 1024 * 1024;
+/// The most read of a router's `/internal/stats` (a few KiB per served version).
+const MAX_STATS_BYTES: usize = 16 * 1024 * 1024;
+
+/// A response's body, at most `limit` bytes: whatever a peer sends, the operator's memory stays
+/// bounded.
+pub async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the answer is larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
 
 /// Where the routers are: the ready pods matching a label selector in one namespace (found anew
 /// at each read, so replicas that come and go are counted), and fixed base URLs.
@@ -99,10 +116,10 @@ async fn summary_of(
             .await
             .and_then(|r| r.error_for_status())
             .map_err(|e| format!("{url}: {e}"))?;
-        response
-            .json::<Summary>()
+        let body = read_capped(response, MAX_STATS_BYTES)
             .await
-            .map_err(|e| format!("{url}: {e}"))
+            .map_err(|e| format!("{url}: {e}"))?;
+        serde_json::from_slice::<Summary>(&body).map_err(|e| format!("{url}: {e}"))
     });
     let results = futures::future::join_all(fetches).await;
     let (ok, errors): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
@@ -126,16 +143,14 @@ async fn summary_of(
 /// Sum of `ferry_queue_depth` over the pods at `addresses`, and whether every pod answered.
 pub async fn queue_depth(http: &reqwest::Client, addresses: &[SocketAddr]) -> (u64, bool) {
     let reads = addresses.iter().map(|address| async move {
-        let text = http
+        let response = http
             .get(format!("http://{address}/metrics"))
             .timeout(TIMEOUT)
             .send()
             .await
-            .ok()?
-            .text()
-            .await
             .ok()?;
-        ferry_contract::pods::queue_depth(&text)
+        let body = read_capped(response, MAX_METRICS_BYTES).await.ok()?;
+        ferry_contract::pods::queue_depth(&String::from_utf8_lossy(&body))
     });
     let depths = futures::future::join_all(reads).await;
     let complete = depths.iter().all(Option::is_some);

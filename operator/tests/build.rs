@@ -678,3 +678,45 @@ fn the_planner_keeps_the_old_split_until_a_directly_changed_stable_is_ready() {
         "v1 is no longer wanted (pruned once v2 is ready)"
     );
 }
+
+#[test]
+fn server_pods_run_as_nobody_without_privileges_capabilities_or_a_token() {
+    for source in [
+        "{pvc: {claimName: w}}",
+        "{image: {reference: 'localhost/models/tiny:1', path: /models}}",
+        "{url: {uri: 'http://10.88.0.1:9/m.gguf', sha256: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}}",
+    ] {
+        let versions = mv(
+            "v1",
+            &format!("{{source: {source}, format: gguf, files: [m.gguf], resources: {{gpus: 0}}}}"),
+        );
+        let out = build(
+            &llmd("{stable: v1}"),
+            &versions,
+            &BTreeMap::new(),
+            &settings(),
+        );
+        let pod = json(&out.deployments[0].spec.as_ref().unwrap().template.spec);
+        assert_eq!(pod["automountServiceAccountToken"], false, "{source}");
+        assert_eq!(
+            pod["securityContext"],
+            serde_json::json!({"runAsNonRoot": true, "runAsUser": 65534, "runAsGroup": 65534,
+                               "seccompProfile": {"type": "RuntimeDefault"}}),
+            "{source}"
+        );
+        let containers = pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(pod["initContainers"].as_array().into_iter().flatten());
+        for c in containers {
+            assert_eq!(
+                c["securityContext"],
+                serde_json::json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                   "capabilities": {"drop": ["ALL"]}}),
+                "{source}: {}",
+                c["name"]
+            );
+        }
+    }
+}

@@ -107,9 +107,10 @@ impl Bucket {
         }
     }
 
+    /// Takes `n` (gives back when negative), whatever the level.
     pub fn charge(&mut self, n: f64, now: Instant) {
         self.refill(now);
-        self.level -= n;
+        self.level = (self.level - n).min(self.capacity);
     }
 }
 
@@ -156,28 +157,36 @@ impl Access {
             return Ok(None);
         };
         let presented = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(ferry_contract::auth::bearer_token)
             .ok_or(RouterError::Unauthorized)?;
         keys.identify(presented)
             .map(|id| Some(id.to_string()))
             .ok_or(RouterError::Unauthorized)
     }
 
-    /// Admits one request of `key`, or says how long to wait.
-    pub fn admit(&self, key: &str) -> Result<(), RouterError> {
+    /// Admits one request of `key` that may generate up to `reserve` tokens (its `max_tokens`;
+    /// 0 when unknown), or says how long to wait. The reservation is taken now, so requests in
+    /// parallel cannot together overshoot the tokens-per-minute limit; [`Access::settle`]
+    /// charges what the answer really used against it.
+    pub fn admit(&self, key: &str, reserve: u64) -> Result<(), RouterError> {
         let now = Instant::now();
         let mut all = self.buckets.lock().unwrap();
         let b = all
             .entry(key.to_string())
             .or_insert_with(|| self.new_buckets(now));
-        if let Some(tokens) = &mut b.tokens
-            && let Err(retry_after) = tokens.positive(now)
-        {
-            return Err(RouterError::RateLimited {
-                limit: format!("{} tokens per minute", self.limits.tokens_per_minute),
-                retry_after,
-            });
+        if let Some(tokens) = &mut b.tokens {
+            let wanted = (reserve as f64).min(tokens.capacity);
+            let checked = if wanted > 0.0 {
+                tokens.take(wanted, now)
+            } else {
+                tokens.positive(now)
+            };
+            if let Err(retry_after) = checked {
+                return Err(RouterError::RateLimited {
+                    limit: format!("{} tokens per minute", self.limits.tokens_per_minute),
+                    retry_after,
+                });
+            }
         }
         if let Some(requests) = &mut b.requests
             && let Err(retry_after) = requests.take(1.0, now)
@@ -190,9 +199,10 @@ impl Access {
         Ok(())
     }
 
-    /// Charges the tokens a response used.
-    pub fn charge_tokens(&self, key: &str, tokens: u64) {
-        if tokens == 0 || self.limits.tokens_per_minute <= 0.0 {
+    /// Charges the tokens a response used, less what [`Access::admit`] reserved for it (a
+    /// reservation larger than the use is given back).
+    pub fn settle(&self, key: &str, used: u64, reserved: u64) {
+        if self.limits.tokens_per_minute <= 0.0 || used == reserved {
             return;
         }
         let now = Instant::now();
@@ -201,7 +211,8 @@ impl Access {
             .entry(key.to_string())
             .or_insert_with(|| self.new_buckets(now));
         if let Some(bucket) = &mut b.tokens {
-            bucket.charge(tokens as f64, now);
+            let reserved = (reserved as f64).min(bucket.capacity);
+            bucket.charge(used as f64 - reserved, now);
         }
     }
 
@@ -214,6 +225,48 @@ impl Access {
             requests: (rps > 0.0).then(|| Bucket::new(rps.max(1.0), rps, now)),
             tokens: (tpm > 0.0).then(|| Bucket::new(tpm, tpm / 60.0, now)),
         }
+    }
+}
+
+/// Tokens reserved for one request of one key: settled with what the answer used, or given back
+/// whole if the request ends without an answer.
+pub struct Reservation {
+    access: Arc<Access>,
+    key: String,
+    reserved: u64,
+    settled: bool,
+}
+
+impl Reservation {
+    /// Charges `used` tokens (prompt + completion) against the reservation.
+    pub fn settle(mut self, used: u64) {
+        self.access.settle(&self.key, used, self.reserved);
+        self.settled = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.access.settle(&self.key, 0, self.reserved);
+        }
+    }
+}
+
+impl Access {
+    /// [`Access::admit`], returning the reservation to settle.
+    pub fn reserve(self: &Arc<Self>, key: &str, tokens: u64) -> Result<Reservation, RouterError> {
+        self.admit(key, tokens)?;
+        Ok(Reservation {
+            access: self.clone(),
+            key: key.to_string(),
+            reserved: if self.limits.tokens_per_minute > 0.0 {
+                tokens
+            } else {
+                0
+            },
+            settled: false,
+        })
     }
 }
 
@@ -339,13 +392,35 @@ mod tests {
                 tokens_per_minute: 0.0,
             },
         );
-        assert!(access.admit("team-a").is_ok());
-        assert!(access.admit("team-a").is_ok());
-        let err = access.admit("team-a").unwrap_err();
+        assert!(access.admit("team-a", 0).is_ok());
+        assert!(access.admit("team-a", 0).is_ok());
+        let err = access.admit("team-a", 0).unwrap_err();
         assert!(
             matches!(err, RouterError::RateLimited { retry_after: 1, .. }),
             "{err:?}"
         );
-        assert!(access.admit("team-b").is_ok());
+        assert!(access.admit("team-b", 0).is_ok());
+    }
+
+    #[test]
+    fn max_tokens_are_reserved_up_front_and_the_rest_given_back_after() {
+        let access = Arc::new(Access::new(
+            Some(keys()),
+            Limits {
+                requests_per_second: 0.0,
+                tokens_per_minute: 100.0,
+            },
+        ));
+        let first = access.reserve("team-a", 60).unwrap();
+        // Another 60 in parallel would overshoot: refused until the first settles.
+        assert!(matches!(
+            access.reserve("team-a", 60),
+            Err(RouterError::RateLimited { .. })
+        ));
+        first.settle(10);
+        let second = access.reserve("team-a", 60).unwrap();
+        // A request that ends without an answer gives its reservation back.
+        drop(second);
+        assert!(access.reserve("team-a", 80).is_ok());
     }
 }

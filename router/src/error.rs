@@ -37,17 +37,33 @@ pub enum RouterError {
     },
     /// Every pod tried failed before answering.
     #[error(
-        "Could not reach a pod of `{model}` version `{version}` after {attempts} attempts: {last}."
+        "Could not reach a pod of `{model}` version `{version}` after {attempts} attempts; retry shortly."
     )]
     Upstream {
         model: String,
         version: String,
         attempts: usize,
-        last: String,
     },
+    /// A method the path does not serve.
+    #[error("{method} is not allowed on {path}.")]
+    MethodNotAllowed { method: String, path: String },
     /// The path does not exist.
     #[error("Unknown endpoint {0}.")]
     NotFound(String),
+    /// The first request with this `Idempotency-Key` is still running after the wait.
+    #[error(
+        "A request with this Idempotency-Key is still running; retry after 1 s for its response."
+    )]
+    IdempotencyKeyBusy,
+    /// A router-wide cap is reached (requests in flight, request-body memory).
+    #[error("The router is at its limit of {what}; retry after 1 s.")]
+    Overloaded { what: &'static str },
+    /// The body did not arrive in time.
+    #[error("The request body did not arrive within {0} s.")]
+    RequestTimeout(u64),
+    /// The body could not be read (the client broke off, bad chunked framing).
+    #[error("Could not read the request body: {0}.")]
+    BodyUnreadable(String),
     /// An `Idempotency-Key` already used (within its time to live) for a different request body.
     #[error(
         "This Idempotency-Key was already used for a different request body; a key stands for one request. Use a new key for a new request."
@@ -81,6 +97,11 @@ impl RouterError {
             Self::NoReadyPod { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyKeyBusy => StatusCode::CONFLICT,
+            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyUnreadable(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -91,7 +112,12 @@ impl RouterError {
             | Self::ModelNotFound { .. }
             | Self::BodyTooLarge(_)
             | Self::NotFound(_)
-            | Self::IdempotencyKeyReused => "invalid_request_error",
+            | Self::IdempotencyKeyReused
+            | Self::IdempotencyKeyBusy
+            | Self::RequestTimeout(_)
+            | Self::BodyUnreadable(_)
+            | Self::MethodNotAllowed { .. } => "invalid_request_error",
+            Self::Overloaded { .. } => "service_unavailable",
             Self::Unauthorized => "authentication_error",
             Self::RateLimited { .. } => "rate_limit_error",
             Self::NoReadyPod { .. } => "service_unavailable",
@@ -111,6 +137,11 @@ impl RouterError {
             Self::Upstream { .. } => "upstream_unreachable",
             Self::NotFound(_) => "not_found",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::IdempotencyKeyBusy => "idempotency_key_in_use",
+            Self::Overloaded { .. } => "router_overloaded",
+            Self::RequestTimeout(_) => "request_timeout",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::BodyUnreadable(_) => "body_unreadable",
         }
     }
 
@@ -134,7 +165,7 @@ impl RouterError {
             Self::RateLimited { retry_after, .. } | Self::NoReadyPod { retry_after, .. } => {
                 Some(*retry_after)
             }
-            Self::Upstream { .. } => Some(1),
+            Self::Upstream { .. } | Self::Overloaded { .. } | Self::IdempotencyKeyBusy => Some(1),
             _ => None,
         }
     }

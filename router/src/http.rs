@@ -20,13 +20,14 @@ use http_body_util::BodyExt;
 use prometheus::{Encoder, IntCounterVec, Registry, TextEncoder};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-use crate::access::Access;
+use crate::access::{Access, Reservation};
 use crate::error::RouterError;
-use crate::idempotency::{Begin, IdempotencyCache, Stored, fingerprint};
+use crate::idempotency::{Begin, IdempotencyCache, MAX_KEY_LENGTH, Stored, fingerprint};
+use crate::limits::{Caps, Guarded};
 use crate::proxy::{
     ObservedStream, UpstreamClient, add_route_headers, stream_response, strip_hop_by_hop, usage_of,
 };
@@ -43,6 +44,12 @@ pub struct Settings {
     pub retries: usize,
     /// How long a pod that refused a connection is skipped.
     pub eject: Duration,
+    /// How long a client may take to send headers (and a keep-alive connection may idle).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a whole body.
+    pub body_timeout: Duration,
+    /// Connections, requests in flight, held requests, body bytes in memory.
+    pub caps: Caps,
     /// Threads serving requests.
     pub threads: usize,
 }
@@ -117,7 +124,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/internal/stats", get(internal_stats))
         .fallback(|req: Request| async move {
-            RouterError::NotFound(format!("{} {}", req.method(), req.uri().path()))
+            RouterError::NotFound(format!("{} {}", req.method(), shorten(req.uri().path())))
+        })
+        .method_not_allowed_fallback(|req: Request| async move {
+            RouterError::MethodNotAllowed {
+                method: req.method().to_string(),
+                path: shorten(req.uri().path()),
+            }
         })
         .with_state(app)
 }
@@ -223,6 +236,10 @@ struct Peek {
     user: Option<String>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
 }
 
 impl App {
@@ -230,12 +247,21 @@ impl App {
         self.rejected.with_label_values(&[e.code()]).inc();
         e.into_response()
     }
+
+    /// A connection closed at once because the connection cap is reached.
+    pub fn refuse_connection(&self) {
+        self.rejected.with_label_values(&["connection_limit"]).inc();
+    }
 }
 
 async fn generate(State(app): State<Arc<App>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let mut headers = parts.headers;
-    let request_id = match headers.get(X_REQUEST_ID) {
+    // A client's own request id is kept if it is short; a long one is replaced, not echoed.
+    let request_id = match headers
+        .get(X_REQUEST_ID)
+        .filter(|id| id.len() <= MAX_REQUEST_ID)
+    {
         Some(id) => id.clone(),
         None => {
             let id = new_request_id();
@@ -248,7 +274,18 @@ async fn generate(State(app): State<Arc<App>>, request: Request) -> Response {
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut response = match handle(&app, &path, &headers, body).await {
+    // A request counts as in flight until its response (a stream: its last event) is sent.
+    let mut permits = Vec::with_capacity(2);
+    let handled = match Caps::take(&app.settings.caps.in_flight) {
+        Some(permit) => {
+            permits.push(permit);
+            handle(&app, &path, &headers, body, &mut permits).await
+        }
+        None => Err(RouterError::Overloaded {
+            what: "requests in flight",
+        }),
+    };
+    let mut response = match handled {
         Ok(response) => response,
         Err(e) => {
             warn!(code = e.code(), error = %e, request_id = ?request_id, "request refused");
@@ -256,7 +293,18 @@ async fn generate(State(app): State<Arc<App>>, request: Request) -> Response {
         }
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id);
-    response
+    response.map(|body| Guarded::body(body, permits))
+}
+
+/// The longest client request id echoed and logged.
+const MAX_REQUEST_ID: usize = 128;
+
+/// At most 64 characters of something a client sent, for error messages and logs.
+fn shorten(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_string(),
+    }
 }
 
 /// 16 random hex digits.
@@ -276,33 +324,51 @@ async fn handle(
     path: &PathAndQuery,
     headers: &HeaderMap,
     body: Body,
+    permits: &mut Vec<OwnedSemaphorePermit>,
 ) -> Result<Response, RouterError> {
     let started = Instant::now();
     let key_id = app.access.authenticate(authorization(headers))?;
-    if let Some(key) = &key_id {
-        app.access.admit(key)?;
-    }
-    let body = read_body(body, app.settings.max_body_bytes).await?;
+    let body = read_body(body, &app.settings, permits).await?;
     let peek: Peek = match serde_json::from_slice(&body) {
         Ok(peek) => peek,
         Err(_) => return Err(explain_body_error(&body)),
+    };
+    // A key's limits: its request rate, and its tokens per minute with `max_tokens` reserved
+    // now and the rest settled from the answer's usage.
+    let mut charge = match &key_id {
+        Some(key) => {
+            let reserve = peek.max_completion_tokens.or(peek.max_tokens).unwrap_or(0);
+            Some(app.access.reserve(key, reserve)?)
+        }
+        None => None,
     };
     let model = peek
         .model
         .filter(|m| !m.is_empty())
         .ok_or_else(|| RouterError::invalid("`model` is required.", Some("model")))?;
     let stream = peek.stream.unwrap_or(false);
-    let idempotency_key = headers
-        .get(IDEMPOTENCY_KEY)
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| !stream)
-        .map(|k| format!("{}\0{model}\0{path}\0{k}", key_id.as_deref().unwrap_or("")));
+    // Keys are scoped by API key, model and path; with API keys off every client shares one
+    // space, where a repeat must also bring the same body (else 422).
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY).filter(|_| !stream) {
+        None => None,
+        Some(k) if k.len() > MAX_KEY_LENGTH => {
+            return Err(RouterError::invalid(
+                format!("`Idempotency-Key` is longer than {MAX_KEY_LENGTH} bytes."),
+                Some("Idempotency-Key"),
+            ));
+        }
+        Some(k) => k
+            .to_str()
+            .ok()
+            .map(|k| format!("{}\0{model}\0{path}\0{k}", key_id.as_deref().unwrap_or(""))),
+    };
     let guard = match idempotency_key {
         None => None,
         Some(k) => match app.idempotency.begin(k, fingerprint(&body)).await {
             Begin::Replay(stored) => return Ok(replay(&stored)),
             Begin::First(guard) => Some(guard),
             Begin::Reused => return Err(RouterError::IdempotencyKeyReused),
+            Begin::Busy => return Err(RouterError::IdempotencyKeyBusy),
         },
     };
 
@@ -332,7 +398,7 @@ async fn handle(
             headers,
             body.clone(),
             started,
-            key_id.clone(),
+            &mut charge,
             spill,
         )
         .await?;
@@ -364,6 +430,8 @@ fn explain_body_error(body: &[u8]) -> RouterError {
         "model" => Some("model"),
         "user" => Some("user"),
         "stream" => Some("stream"),
+        "max_tokens" => Some("max_tokens"),
+        "max_completion_tokens" => Some("max_completion_tokens"),
         _ => None,
     };
     match param {
@@ -375,20 +443,57 @@ fn explain_body_error(body: &[u8]) -> RouterError {
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, RouterError> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(RouterError::BodyTooLarge(limit))
+/// The whole request body, within `--max-body-bytes`, `--body-timeout-seconds` and the bytes the
+/// router may hold in memory at once (the permits for them go into `permits`, released when the
+/// response is sent).
+async fn read_body(
+    mut body: Body,
+    settings: &Settings,
+    permits: &mut Vec<OwnedSemaphorePermit>,
+) -> Result<Bytes, RouterError> {
+    let limit = settings.max_body_bytes;
+    let overloaded = || RouterError::Overloaded {
+        what: "request-body memory",
+    };
+    // A body of known length is refused or given its room before a byte of it is read.
+    let announced = hyper::body::Body::size_hint(&body)
+        .exact()
+        .map(|n| n as usize);
+    let mut out = match announced {
+        Some(n) if n > limit => return Err(RouterError::BodyTooLarge(limit)),
+        Some(n) => {
+            permits.push(settings.caps.take_body(n).ok_or_else(overloaded)?);
+            bytes::BytesMut::with_capacity(n)
         }
-        Err(e) => Err(RouterError::invalid(
-            format!("Could not read the request body: {e}"),
-            None,
-        )),
-    }
+        None => bytes::BytesMut::new(),
+    };
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| RouterError::BodyUnreadable(e.to_string()))?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            if out.len() + chunk.len() > limit {
+                return Err(RouterError::BodyTooLarge(limit));
+            }
+            if announced.is_none() {
+                // Chunked: room taken as the body grows (twice the chunk: the buffer doubles).
+                permits.push(
+                    settings
+                        .caps
+                        .take_body(2 * chunk.len())
+                        .ok_or_else(overloaded)?,
+                );
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    };
+    tokio::time::timeout(settings.body_timeout, read)
+        .await
+        .unwrap_or(Err(RouterError::RequestTimeout(
+            settings.body_timeout.as_secs(),
+        )))
 }
 
 /// The backend for `model`, waiting up to the hold time for one with a ready pod.
@@ -416,14 +521,22 @@ async fn wait_for_backend(
             }
             None if snapshot.synced => {
                 return Err(RouterError::ModelNotFound {
-                    model: model.to_string(),
+                    model: shorten(model),
                     known: snapshot.models().map(str::to_string).collect(),
                 });
             }
             None => {}
         }
         if held.is_none() && snapshot.routes.contains_key(model) {
-            held = Some(app.stats.hold(model));
+            // Only so many requests wait at once; past that, the answer comes at once.
+            let Some(slot) = Caps::take(&app.settings.caps.held) else {
+                return Err(RouterError::NoReadyPod {
+                    model: model.to_string(),
+                    waited_s: 0,
+                    retry_after: 5,
+                });
+            };
+            held = Some((app.stats.hold(model), slot));
         }
         let now = Instant::now();
         if now >= deadline {
@@ -456,7 +569,7 @@ async fn forward(
     headers: &HeaderMap,
     body: Bytes,
     started: Instant,
-    key_id: Option<String>,
+    charge: &mut Option<Reservation>,
     spill: bool,
 ) -> Result<Forwarded, RouterError> {
     let mut tried = Vec::new();
@@ -496,8 +609,21 @@ async fn forward(
                     endpoint.eject(now_ms(), app.settings.eject.as_millis() as u64);
                 }
                 last_error = format!("{}: {}", endpoint.pod, error_chain(&e));
-                warn!(pod = %endpoint.pod, error = %last_error, "pod failed before answering; trying another");
-                continue;
+                if e.is_unsent() {
+                    warn!(pod = %endpoint.pod, error = %last_error, "pod not reached; trying another");
+                    continue;
+                }
+                // The pod may have received it: not sent again (a request that crashes pods
+                // would crash every pod). The client gets a 502 and may retry.
+                warn!(pod = %endpoint.pod, error = %last_error, "pod failed after receiving the request");
+                return Err(upstream_failed(
+                    app,
+                    series,
+                    charge.take(),
+                    started,
+                    attempt + 1,
+                    last_error,
+                ));
             }
         };
         let status = response.status();
@@ -528,8 +654,18 @@ async fn forward(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
         if is_stream {
-            let finish = finisher(app.clone(), series.clone(), key_id);
-            let stream = ObservedStream::new(response_body, status, started, in_flight, finish);
+            let finish = finisher(app.clone(), series.clone(), charge.take());
+            let prompt_tokens = out_headers
+                .get(ferry_contract::tokens::PROMPT_TOKENS_HEADER)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            let stream = ObservedStream::new(
+                response_body,
+                status,
+                started,
+                in_flight,
+                finish,
+                prompt_tokens,
+            );
             return Ok(Forwarded::Stream(stream_response(
                 status,
                 out_headers,
@@ -545,7 +681,7 @@ async fn forward(
                 return Err(upstream_failed(
                     app,
                     series,
-                    key_id,
+                    charge.take(),
                     started,
                     attempt + 1,
                     last,
@@ -562,7 +698,7 @@ async fn forward(
         record(
             app,
             series,
-            key_id.as_deref(),
+            charge.take(),
             Outcome {
                 status: status.as_u16(),
                 failed,
@@ -582,7 +718,7 @@ async fn forward(
     Err(upstream_failed(
         app,
         series,
-        key_id,
+        charge.take(),
         started,
         tried.len(),
         last_error,
@@ -593,7 +729,7 @@ async fn forward(
 fn upstream_failed(
     app: &App,
     series: &SeriesKey,
-    key_id: Option<String>,
+    charge: Option<Reservation>,
     started: Instant,
     attempts: usize,
     last: String,
@@ -604,12 +740,13 @@ fn upstream_failed(
         latency: started.elapsed(),
         ..Default::default()
     };
-    record(app, series, key_id.as_deref(), outcome);
+    record(app, series, charge, outcome);
+    // What went wrong with which pod is for the logs, not for clients.
+    warn!(model = %series.model, version = %series.version, attempts, last = %last, "no pod answered");
     RouterError::Upstream {
         model: series.model.clone(),
         version: series.version.clone(),
         attempts,
-        last,
     }
 }
 
@@ -624,18 +761,17 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-fn record(app: &App, series: &SeriesKey, key_id: Option<&str>, outcome: Outcome) {
-    if let Some(key) = key_id {
-        app.access
-            .charge_tokens(key, outcome.prompt_tokens + outcome.completion_tokens);
+fn record(app: &App, series: &SeriesKey, charge: Option<Reservation>, outcome: Outcome) {
+    if let Some(charge) = charge {
+        charge.settle(outcome.prompt_tokens + outcome.completion_tokens);
     }
     debug!(model = %series.model, version = %series.version, variant = %series.variant,
           status = outcome.status, latency_ms = outcome.latency.as_millis() as u64, "routed");
     app.stats.record(series, &outcome);
 }
 
-fn finisher(app: Arc<App>, series: SeriesKey, key_id: Option<String>) -> crate::proxy::Finish {
-    Box::new(move |outcome| record(&app, &series, key_id.as_deref(), outcome))
+fn finisher(app: Arc<App>, series: SeriesKey, charge: Option<Reservation>) -> crate::proxy::Finish {
+    Box::new(move |outcome| record(&app, &series, charge, outcome))
 }
 
 fn replayable(stored: &Stored, replayed: bool) -> Response {

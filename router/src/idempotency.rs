@@ -33,6 +33,9 @@ enum Slot {
 pub struct IdempotencyCache {
     ttl: Duration,
     capacity: usize,
+    max_bytes: usize,
+    /// How long a repeat waits for the first request with its key to finish.
+    wait: Duration,
     inner: Mutex<Inner>,
 }
 
@@ -41,7 +44,12 @@ struct Inner {
     slots: HashMap<String, Slot>,
     /// Insertion order, to evict the oldest when full and expire by age.
     order: VecDeque<(String, Instant)>,
+    /// Bytes of the responses kept.
+    bytes: usize,
 }
+
+/// The longest `Idempotency-Key` accepted (OpenAI's and Stripe's keys are far shorter).
+pub const MAX_KEY_LENGTH: usize = 255;
 
 /// What a request with an idempotency key does.
 pub enum Begin {
@@ -51,6 +59,8 @@ pub enum Begin {
     Replay(Arc<Stored>),
     /// The key belongs to a request with a different body.
     Reused,
+    /// The first request with this key is still running after the wait.
+    Busy,
 }
 
 /// Held by the request that runs; dropping it without [`Guard::finish`] (failure, cancel) lets
@@ -64,16 +74,21 @@ pub struct Guard {
 }
 
 impl IdempotencyCache {
-    pub fn new(ttl: Duration, capacity: usize) -> Arc<Self> {
+    /// Responses are kept `ttl`, at most `capacity` of them and `max_bytes` of bodies (the
+    /// oldest go first); a repeat waits at most `wait` for the first request to finish.
+    pub fn new(ttl: Duration, capacity: usize, max_bytes: usize, wait: Duration) -> Arc<Self> {
         Arc::new(Self {
             ttl,
             capacity,
+            max_bytes,
+            wait,
             inner: Mutex::new(Inner::default()),
         })
     }
 
     /// `fingerprint`: the body's SHA-256 ([`fingerprint`]).
     pub async fn begin(self: &Arc<Self>, key: String, fingerprint: Fingerprint) -> Begin {
+        let deadline = tokio::time::Instant::now() + self.wait;
         loop {
             let mut rx = {
                 let mut inner = self.inner.lock().unwrap();
@@ -102,20 +117,27 @@ impl IdempotencyCache {
                 }
             };
             // The first request ends one way or another; then look again.
-            let _ = rx.wait_for(Option::is_some).await;
+            let waited = tokio::time::timeout_at(deadline, async {
+                rx.wait_for(Option::is_some).await.is_ok()
+            })
+            .await;
+            if waited.is_err() {
+                return Begin::Busy;
+            }
         }
     }
 
     fn expire(&self, inner: &mut Inner, now: Instant) {
         while let Some((key, at)) = inner.order.front().cloned() {
             let expired = now.duration_since(at) > self.ttl;
-            if !expired && inner.order.len() <= self.capacity {
+            if !expired && inner.order.len() <= self.capacity && inner.bytes <= self.max_bytes {
                 break;
             }
             inner.order.pop_front();
-            if let Some(Slot::Done(_, done_at, _)) = inner.slots.get(&key)
+            if let Some(Slot::Done(stored, done_at, _)) = inner.slots.get(&key)
                 && *done_at == at
             {
+                inner.bytes -= stored.body.len();
                 inner.slots.remove(&key);
             }
         }
@@ -132,6 +154,7 @@ impl Guard {
         {
             let mut inner = self.cache.inner.lock().unwrap();
             if keep {
+                inner.bytes += stored.body.len();
                 inner.slots.insert(
                     self.key.clone(),
                     Slot::Done(stored.clone(), now, self.fingerprint),
@@ -169,7 +192,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_same_key_with_another_body_is_refused_running_or_done() {
-        let cache = IdempotencyCache::new(Duration::from_secs(60), 100);
+        let cache = IdempotencyCache::new(
+            Duration::from_secs(60),
+            100,
+            1 << 20,
+            Duration::from_secs(60),
+        );
         let Begin::First(guard) = cache.begin("k".into(), fingerprint(b"one")).await else {
             panic!()
         };
@@ -198,7 +226,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_repeat_gets_the_first_response() {
-        let cache = IdempotencyCache::new(Duration::from_secs(60), 100);
+        let cache = IdempotencyCache::new(
+            Duration::from_secs(60),
+            100,
+            1 << 20,
+            Duration::from_secs(60),
+        );
         let Begin::First(guard) = cache.begin("k".into(), BODY).await else {
             panic!("first call must run")
         };
@@ -215,7 +248,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_repeat_while_the_first_runs_waits_for_its_response() {
-        let cache = IdempotencyCache::new(Duration::from_secs(60), 100);
+        let cache = IdempotencyCache::new(
+            Duration::from_secs(60),
+            100,
+            1 << 20,
+            Duration::from_secs(60),
+        );
         let Begin::First(guard) = cache.begin("k".into(), BODY).await else {
             panic!()
         };
@@ -224,7 +262,9 @@ mod tests {
             async move {
                 match cache.begin("k".into(), BODY).await {
                     Begin::Replay(s) => s.body.clone(),
-                    Begin::First(_) | Begin::Reused => Bytes::from_static(b"ran twice"),
+                    Begin::First(_) | Begin::Reused | Begin::Busy => {
+                        Bytes::from_static(b"ran twice")
+                    }
                 }
             }
         });
@@ -235,7 +275,12 @@ mod tests {
 
     #[tokio::test]
     async fn failures_and_cancels_are_not_kept() {
-        let cache = IdempotencyCache::new(Duration::from_secs(60), 100);
+        let cache = IdempotencyCache::new(
+            Duration::from_secs(60),
+            100,
+            1 << 20,
+            Duration::from_secs(60),
+        );
         let Begin::First(guard) = cache.begin("k".into(), BODY).await else {
             panic!()
         };
@@ -255,7 +300,12 @@ mod tests {
 
     #[tokio::test]
     async fn entries_expire_and_the_oldest_go_when_full() {
-        let cache = IdempotencyCache::new(Duration::from_millis(30), 2);
+        let cache = IdempotencyCache::new(
+            Duration::from_millis(30),
+            2,
+            1 << 20,
+            Duration::from_secs(60),
+        );
         for k in ["a", "b", "c"] {
             let Begin::First(g) = cache.begin(k.into(), BODY).await else {
                 panic!()
@@ -275,5 +325,31 @@ mod tests {
             matches!(cache.begin("c".into(), BODY).await, Begin::First(_)),
             "expired"
         );
+    }
+
+    #[tokio::test]
+    async fn the_cache_keeps_at_most_its_bytes_and_a_repeat_waits_at_most_its_wait() {
+        let cache =
+            IdempotencyCache::new(Duration::from_secs(60), 100, 10, Duration::from_millis(50));
+        for k in ["a", "b", "c"] {
+            let Begin::First(g) = cache.begin(k.into(), BODY).await else {
+                panic!()
+            };
+            g.finish(ok("four"));
+        }
+        // 12 bytes kept is over 10: the oldest went.
+        assert!(matches!(
+            cache.begin("a".into(), BODY).await,
+            Begin::First(_)
+        ));
+        assert!(matches!(
+            cache.begin("c".into(), BODY).await,
+            Begin::Replay(_)
+        ));
+        // "a" runs (its guard alive in the test): a repeat gives up after the wait.
+        let Begin::First(_running) = cache.begin("x".into(), BODY).await else {
+            panic!()
+        };
+        assert!(matches!(cache.begin("x".into(), BODY).await, Begin::Busy));
     }
 }

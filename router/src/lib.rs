@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod idempotency;
+pub mod limits;
 pub mod proxy;
 pub mod stats;
 pub mod table;
@@ -77,6 +78,31 @@ pub struct Args {
     /// Most responses kept for `Idempotency-Key` repeats (oldest dropped first).
     #[arg(long, env = "FERRY_IDEMPOTENCY_CAPACITY", default_value_t = 10_000)]
     pub idempotency_capacity: usize,
+    /// Most bytes of responses kept for `Idempotency-Key` repeats (oldest dropped first).
+    #[arg(long, env = "FERRY_IDEMPOTENCY_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub idempotency_max_bytes: usize,
+    /// Seconds a repeat waits for the first request with its key to finish (409 after).
+    #[arg(long, env = "FERRY_IDEMPOTENCY_WAIT_SECONDS", default_value_t = 120)]
+    pub idempotency_wait_seconds: u64,
+    /// Seconds a client has to send a request's headers, and that an idle keep-alive connection
+    /// stays open waiting for the next request.
+    #[arg(long, env = "FERRY_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub header_timeout_seconds: u64,
+    /// Seconds a client has to send a request's whole body (408 after).
+    #[arg(long, env = "FERRY_BODY_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub body_timeout_seconds: u64,
+    /// Open client connections per router process; beyond it new ones are closed at once.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Requests handled at once (streams count until they end); beyond it, 503 + Retry-After.
+    #[arg(long, env = "FERRY_MAX_IN_FLIGHT", default_value_t = 2048)]
+    pub max_in_flight: usize,
+    /// Requests waiting for a ready pod at once; beyond it, 503 + Retry-After at once.
+    #[arg(long, env = "FERRY_MAX_HELD", default_value_t = 512)]
+    pub max_held: usize,
+    /// Request-body bytes the router holds in memory at once; beyond it, 503 + Retry-After.
+    #[arg(long, env = "FERRY_MAX_BUFFERED_BODY_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_buffered_body_bytes: usize,
     /// Threads serving requests, each with its own event loop (default: one per CPU).
     #[arg(long, env = "FERRY_THREADS")]
     pub threads: Option<usize>,
@@ -98,6 +124,14 @@ impl Args {
             hold: Duration::from_secs(self.hold_seconds),
             retries: self.retries,
             eject: Duration::from_secs(self.eject_seconds),
+            header_timeout: Duration::from_secs(self.header_timeout_seconds.max(1)),
+            body_timeout: Duration::from_secs(self.body_timeout_seconds.max(1)),
+            caps: limits::Caps::new(
+                self.max_connections,
+                self.max_in_flight,
+                self.max_held,
+                self.max_buffered_body_bytes,
+            ),
             threads: self
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -122,6 +156,8 @@ impl Args {
             IdempotencyCache::new(
                 Duration::from_secs(self.idempotency_ttl_seconds),
                 self.idempotency_capacity,
+                self.idempotency_max_bytes,
+                Duration::from_secs(self.idempotency_wait_seconds),
             ),
             Registry::new(),
         )?))
@@ -236,7 +272,7 @@ async fn serve_thread(
     app: Arc<App>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let service = http::service(app);
+    let service = http::service(app.clone());
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -250,12 +286,23 @@ async fn serve_thread(
                         continue;
                     }
                 };
+                // Past the connection cap, a new connection is closed at once.
+                let Some(permit) = limits::Caps::take(&app.settings.caps.connections) else {
+                    app.refuse_connection();
+                    drop(stream);
+                    continue;
+                };
                 // No Nagle delay between the small writes of an SSE stream.
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let mut stop = stop.clone();
+                let header_timeout = app.settings.header_timeout;
                 connections.spawn(async move {
+                    let _permit = permit;
+                    // The header timeout also ends keep-alive connections idle that long.
                     let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(header_timeout)
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::pin!(connection);
                     tokio::select! {

@@ -76,6 +76,10 @@ thread_local! {
 pub enum UpstreamError {
     #[error("could not connect: {0}")]
     Connect(std::io::Error),
+    /// The connection failed before the request was written: the pod never saw it.
+    #[error("the connection failed before the request was sent: {0}")]
+    NotSent(hyper::Error),
+    /// The pod may have received the request (and may have started it).
     #[error(transparent)]
     Http(hyper::Error),
 }
@@ -84,6 +88,12 @@ impl UpstreamError {
     /// The pod could not be reached at all (nothing was sent).
     pub fn is_connect(&self) -> bool {
         matches!(self, UpstreamError::Connect(_))
+    }
+
+    /// The pod never received the request: another pod may take it. A request the pod may
+    /// have received is not sent again (one that crashes pods would crash every pod).
+    pub fn is_unsent(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_) | UpstreamError::NotSent(_))
     }
 }
 
@@ -186,8 +196,14 @@ impl UpstreamClient {
         forwarded.reserve(headers.len() + 1);
         // Made once per pod, not formatted for every request.
         forwarded.insert(header::HOST, pod.host.clone());
+        // The client's credentials stay at the router: pods never see API keys or cookies.
         for (name, value) in headers {
-            if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
+            if !is_hop_by_hop(name)
+                && name != header::HOST
+                && name != header::CONTENT_LENGTH
+                && name != header::AUTHORIZATION
+                && name != header::COOKIE
+            {
                 forwarded.append(name, value.clone());
             }
         }
@@ -208,13 +224,14 @@ impl UpstreamClient {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => request = unsent,
-                    _ => return Err(UpstreamError::Http(e.into_error())),
+                    Some(_) => return Err(UpstreamError::NotSent(e.into_error())),
+                    None => return Err(UpstreamError::Http(e.into_error())),
                 },
             }
         }
     }
 
-    /// GET `path` from the pod as text (its `/metrics`).
+    /// GET `path` from the pod as text (its `/metrics`), at most [`MAX_SCRAPE_BYTES`].
     pub async fn get_text(&self, pod: &Endpoint, path: &'static str) -> anyhow::Result<String> {
         let response = self
             .send(
@@ -226,10 +243,17 @@ impl UpstreamClient {
             )
             .await?;
         anyhow::ensure!(response.status().is_success(), "{}", response.status());
-        let body = response.into_body().collect().await?.to_bytes();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_SCRAPE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .to_bytes();
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 }
+
+/// The most of a pod's `/metrics` read (a pod's exposition is a few KiB).
+pub const MAX_SCRAPE_BYTES: usize = 1024 * 1024;
 
 /// A pod's response body. Its connection goes back to the pool once the body has been read to
 /// the end; dropped before that, the connection is closed (which cancels the generation in the
@@ -366,15 +390,21 @@ pub struct ObservedStream {
     done: bool,
     finish: Option<Finish>,
     _in_flight: InFlight,
+    /// Events that carried output (one token each from ferry-server), and whether the pod sent
+    /// `usage`: a stream whose client did not ask for usage is charged by these.
+    outputs: u64,
+    usage_seen: bool,
 }
 
 impl ObservedStream {
+    /// `prompt_tokens`: the pod's count from its response header, if it sent one.
     pub fn new(
         body: PodBody,
         status: StatusCode,
         started: Instant,
         in_flight: InFlight,
         finish: Finish,
+        prompt_tokens: Option<u64>,
     ) -> Self {
         Self {
             body,
@@ -384,8 +414,11 @@ impl ObservedStream {
             outcome: Outcome {
                 status: status.as_u16(),
                 failed: status.is_server_error(),
+                prompt_tokens: prompt_tokens.unwrap_or(0),
                 ..Default::default()
             },
+            outputs: 0,
+            usage_seen: false,
             tail: None,
             done: false,
             finish: Some(finish),
@@ -423,17 +456,22 @@ impl ObservedStream {
                     Some(last) => self.outcome.inter_token.push(now - last),
                 }
                 self.last_output = Some(now);
+                self.outputs += 1;
             }
             if find(data, b"\"usage\":{").is_some() {
                 let usage = usage_of(data);
                 self.outcome.prompt_tokens = usage.prompt_tokens;
                 self.outcome.completion_tokens = usage.completion_tokens;
+                self.usage_seen = true;
             }
         }
     }
 
     fn end(&mut self) {
         if let Some(finish) = self.finish.take() {
+            if !self.usage_seen {
+                self.outcome.completion_tokens = self.outputs;
+            }
             let mut outcome = std::mem::take(&mut self.outcome);
             outcome.latency = self.started.elapsed();
             finish(outcome);
@@ -644,6 +682,49 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn client_credentials_never_reach_a_pod() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buffer = Vec::new();
+            while find(&buffer, b"\r\n\r\n").is_none() {
+                let mut chunk = [0u8; 1024];
+                let n = stream.read(&mut chunk).await.unwrap();
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8(buffer).unwrap().to_ascii_lowercase()
+        });
+        let client = UpstreamClient::new(Duration::from_secs(1));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk-secret"),
+        );
+        headers.insert(header::COOKIE, HeaderValue::from_static("session=1"));
+        headers.insert("x-request-id", HeaderValue::from_static("abc"));
+        let response = client
+            .send(
+                &Endpoint::new("pod", addr),
+                Method::POST,
+                PathAndQuery::from_static("/v1/chat/completions"),
+                &headers,
+                Bytes::from_static(b"{}"),
+            )
+            .await
+            .unwrap();
+        let _ = response.into_body().collect().await;
+        let request = seen.await.unwrap();
+        assert!(request.contains("x-request-id: abc"), "{request}");
+        assert!(!request.contains("authorization"), "{request}");
+        assert!(!request.contains("sk-secret"), "{request}");
+        assert!(!request.contains("cookie"), "{request}");
     }
 
     #[tokio::test]

@@ -85,7 +85,7 @@ async fn bare(engine: &Engine, concurrency: usize) -> Level {
         let t0 = Instant::now();
         let g = generation(i);
         let prompt = engine.count_prompt_tokens(&g.input).await.unwrap();
-        let mut events = engine.generate(g, prompt).await.unwrap();
+        let mut events = engine.generate(g, prompt, ()).await.unwrap();
         let mut ttft = None;
         let mut tokens = 0;
         while let Some(e) = events.recv().await {

@@ -21,6 +21,9 @@ pub struct Admission {
     max_queue: usize,
     waiting: AtomicUsize,
     running: AtomicUsize,
+    /// Answers still being sent (a slot is freed when the engine is done; the answer may take
+    /// longer to reach a slow client).
+    answering: AtomicUsize,
     closed: AtomicBool,
     idle: Notify,
     observer: Box<dyn QueueObserver>,
@@ -38,6 +41,24 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A slot that two owners can free, whichever is first: the task draining the engine (when the
+/// generation ends, so a client that reads slowly does not keep it) and the response (before a
+/// whole answer goes out, so the client's next request finds it free).
+#[derive(Clone)]
+pub struct SharedSlot(Arc<std::sync::Mutex<Option<Slot>>>);
+
+impl SharedSlot {
+    pub fn new(slot: Slot) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(slot))))
+    }
+
+    /// Frees the slot (once; later calls do nothing).
+    pub fn release(&self) {
+        let slot = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(slot);
+    }
+}
+
 impl Admission {
     pub fn new(
         max_running: usize,
@@ -52,6 +73,7 @@ impl Admission {
             max_queue,
             waiting: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            answering: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             idle: Notify::new(),
             observer,
@@ -114,24 +136,37 @@ impl Admission {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Waits until no request is waiting or running, or `limit` passes; true when idle.
+    /// Waits until no request is waiting, running or being answered, or `limit` passes; true
+    /// when idle.
     pub async fn wait_idle(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let notified = self.idle.notified();
-            if self.waiting() + self.running() == 0 {
+            if self.busy() == 0 {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.waiting() + self.running() == 0;
+                return self.busy() == 0;
             }
+        }
+    }
+
+    fn busy(&self) -> usize {
+        self.waiting() + self.running() + self.answering.load(Ordering::SeqCst)
+    }
+
+    /// Counts an answer as being sent until the returned guard drops.
+    pub fn answering(self: &Arc<Self>) -> Answering {
+        self.answering.fetch_add(1, Ordering::SeqCst);
+        Answering {
+            admission: self.clone(),
         }
     }
 
     fn publish(&self) {
         let (waiting, running) = (self.waiting(), self.running());
         self.observer.set(waiting, running);
-        if waiting + running == 0 {
+        if self.busy() == 0 {
             self.idle.notify_waiters();
         }
     }
@@ -165,6 +200,18 @@ impl Drop for Ticket {
             self.admission.waiting.fetch_sub(1, Ordering::SeqCst);
             self.admission.publish();
         }
+    }
+}
+
+/// An answer being sent (see [`Admission::answering`]).
+pub struct Answering {
+    admission: Arc<Admission>,
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.admission.answering.fetch_sub(1, Ordering::SeqCst);
+        self.admission.publish();
     }
 }
 

@@ -69,6 +69,28 @@ pub struct Args {
     /// Where the model runs: cpu or cuda:N (CUDA needs the `cuda` build).
     #[arg(long, env = "FERRY_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Seconds a client has to send a request's headers, and that an idle keep-alive connection
+    /// stays open waiting for the next request.
+    #[arg(long, env = "FERRY_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub header_timeout_seconds: u64,
+    /// Seconds a client has to send a request's whole body (408 after).
+    #[arg(long, env = "FERRY_BODY_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub body_timeout_seconds: u64,
+    /// Seconds a client may leave answer bytes unread (a stream it stopped reading) before the
+    /// connection is cut (TCP user timeout). The engine slot is free as soon as the generation
+    /// ends, whoever reads it.
+    #[arg(
+        long,
+        env = "FERRY_STALLED_CLIENT_TIMEOUT_SECONDS",
+        default_value_t = 60
+    )]
+    pub stalled_client_timeout_seconds: u64,
+    /// Open client connections; beyond it new ones are closed at once.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Chat messages one request may have (400 beyond), checked before the request is admitted.
+    #[arg(long, env = "FERRY_MAX_MESSAGES", default_value_t = 1024)]
+    pub max_messages: usize,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,

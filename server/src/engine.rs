@@ -233,10 +233,13 @@ impl Engine {
     /// The engine's own responses are drained at once into it, so a slow reader never blocks
     /// the engine loop (mistral.rs streams through a channel of capacity 1). Dropping the
     /// receiver cancels the sequence.
+    /// Starts a generation. `hold` (the engine slot) is kept until the generation ends — the
+    /// engine's last response, or the client gone — not until the client has read it all.
     pub async fn generate(
         &self,
         g: Generation,
         prompt_tokens: usize,
+        hold: impl Send + 'static,
     ) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
         let (tx, rx) = mpsc::channel::<Response>(1);
         let constrained = g.json_schema.is_some();
@@ -352,6 +355,7 @@ impl Engine {
             prompt_tokens,
             max_tokens,
             stop,
+            hold,
         ))
     }
 }

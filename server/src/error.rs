@@ -37,6 +37,9 @@ pub enum ApiError {
     /// The path does not exist.
     #[error("Unknown endpoint {0}.")]
     NotFound(String),
+    /// The body did not arrive within `--body-timeout-seconds`.
+    #[error("The request body did not arrive within {0} s.")]
+    RequestTimeout(u64),
 }
 
 impl ApiError {
@@ -58,6 +61,7 @@ impl ApiError {
         match self {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -72,7 +76,8 @@ impl ApiError {
             Self::InvalidRequest { .. }
             | Self::ModelNotFound(_)
             | Self::BodyTooLarge(_)
-            | Self::NotFound(_) => "invalid_request_error",
+            | Self::NotFound(_)
+            | Self::RequestTimeout(_) => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
             Self::Overloaded { .. } => "rate_limit_error",
             Self::Unavailable(_) => "service_unavailable",
@@ -92,6 +97,7 @@ impl ApiError {
             Self::Engine(_) => "engine_error",
             Self::InjectedFault => "injected_fault",
             Self::NotFound(_) => "not_found",
+            Self::RequestTimeout(_) => "request_timeout",
         }
     }
 

@@ -9,15 +9,18 @@ use crate::engine::{Event, TokenLogprob, Usage};
 /// Drains the engine's responses into events as fast as they come. Ends with exactly one
 /// `Finish` or `Error`; when the engine closes the stream without its final chunk (it drops it
 /// when the last bytes are an incomplete UTF-8 character), the `Finish` is synthesized.
+/// `hold` (the engine slot) is dropped when the engine is done or the client is gone.
 pub(crate) fn forward(
     mut rx: mpsc::Receiver<Response>,
     is_chat: bool,
     prompt_tokens: usize,
     max_tokens: usize,
     stop: Vec<String>,
+    hold: impl Send + 'static,
 ) -> mpsc::UnboundedReceiver<Event> {
     let (out, events) = mpsc::unbounded_channel();
     tokio::spawn(async move {
+        let _hold = hold;
         let mut generated = 0usize;
         let mut filter = StopFilter::new(stop);
         while let Some(response) = rx.recv().await {
@@ -283,7 +286,7 @@ mod tests {
     #[tokio::test]
     async fn missing_final_chunk_is_synthesized() {
         let (tx, rx) = mpsc::channel(1);
-        let events = forward(rx, true, 7, 3, vec![]);
+        let events = forward(rx, true, 7, 3, vec![], ());
         for t in ["a", "b"] {
             tx.send(chunk(t, None)).await.unwrap();
         }
@@ -305,7 +308,7 @@ mod tests {
     #[tokio::test]
     async fn synthesized_finish_at_max_tokens_says_length() {
         let (tx, rx) = mpsc::channel(1);
-        let events = forward(rx, true, 1, 2, vec![]);
+        let events = forward(rx, true, 1, 2, vec![], ());
         tx.send(chunk("a", None)).await.unwrap();
         tx.send(chunk("b", None)).await.unwrap();
         drop(tx);
@@ -316,7 +319,7 @@ mod tests {
     #[tokio::test]
     async fn engine_finish_passes_through_once() {
         let (tx, rx) = mpsc::channel(1);
-        let events = forward(rx, true, 1, 10, vec![]);
+        let events = forward(rx, true, 1, 10, vec![], ());
         tx.send(chunk("a", Some("stop"))).await.unwrap();
         let got = collect(events).await;
         assert_eq!(got.len(), 2);
@@ -327,7 +330,7 @@ mod tests {
     async fn engine_is_drained_even_when_nobody_reads() {
         // The engine's channel holds one response; a reader that never reads must not block it.
         let (tx, rx) = mpsc::channel(1);
-        let _events = forward(rx, true, 1, 100, vec![]);
+        let _events = forward(rx, true, 1, 100, vec![], ());
         for i in 0..50 {
             tokio::time::timeout(
                 std::time::Duration::from_secs(2),
@@ -342,7 +345,7 @@ mod tests {
     #[tokio::test]
     async fn stop_sequences_spanning_tokens_are_cut_and_never_sent() {
         let (tx, rx) = mpsc::channel(1);
-        let events = forward(rx, true, 1, 100, vec!["END".into(), "xyz".into()]);
+        let events = forward(rx, true, 1, 100, vec!["END".into(), "xyz".into()], ());
         for t in ["Hel", "lo E", "N", "D and more"] {
             tx.send(chunk(t, None)).await.unwrap();
         }
@@ -367,7 +370,7 @@ mod tests {
     #[tokio::test]
     async fn held_text_that_is_no_stop_sequence_is_released() {
         let (tx, rx) = mpsc::channel(1);
-        let events = forward(rx, true, 1, 100, vec!["END".into()]);
+        let events = forward(rx, true, 1, 100, vec!["END".into()], ());
         for t in ["a E", "N", "b"] {
             tx.send(chunk(t, None)).await.unwrap();
         }

@@ -18,7 +18,16 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::admission::{Admission, Slot};
+use crate::admission::{Admission, Answering, SharedSlot};
+
+/// Frees a shared slot when dropped (the engine drainer holds one).
+struct ReleaseOnDrop(SharedSlot);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
 use crate::config::Args;
 use crate::engine::{Engine, Event, Generation, Input};
 use crate::error::ApiError;
@@ -36,6 +45,8 @@ pub struct Inner {
     metrics: Metrics,
     served_model_name: String,
     max_body_bytes: usize,
+    body_timeout: Duration,
+    max_messages: usize,
     api_keys: Option<HashSet<String>>,
     fault_latency: Duration,
     fault_first_token_delay: Duration,
@@ -85,6 +96,8 @@ impl AppState {
             metrics,
             served_model_name: args.served_model_name.clone(),
             max_body_bytes: args.max_body_bytes,
+            body_timeout: Duration::from_secs(args.body_timeout_seconds.max(1)),
+            max_messages: args.max_messages,
             api_keys,
             fault_latency: Duration::from_millis(args.fault_latency_ms),
             fault_first_token_delay: Duration::from_millis(args.fault_first_token_delay_ms),
@@ -172,12 +185,14 @@ async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> R
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(ferry_contract::auth::bearer_token)
             .unwrap_or("");
-        // Compare against every key in constant time per key, so timing reveals nothing.
-        let ok = keys.iter().fold(false, |ok, k| {
-            ok | constant_time_eq(k.as_bytes(), given.as_bytes())
-        });
+        // Digests are compared, all of them, in constant time: timing reveals neither a key's
+        // content nor its length.
+        let given = digest(given);
+        let ok = keys
+            .iter()
+            .fold(false, |ok, k| ok | constant_time_eq(&digest(k), &given));
         if !ok {
             state
                 .metrics
@@ -190,10 +205,12 @@ async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> R
     next.run(req).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
+fn digest(key: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -240,7 +257,7 @@ async fn embeddings(State(state): State<AppState>, body: Body) -> Response {
 
 /// The served models generate text: every embeddings request gets a specific error.
 async fn embeddings_error(state: &AppState, body: Body) -> ApiError {
-    let bytes = match read_body(body, state.max_body_bytes).await {
+    let bytes = match read_body(state, body).await {
         Ok(bytes) => bytes,
         Err(e) => return e,
     };
@@ -281,19 +298,43 @@ async fn completions(State(state): State<AppState>, headers: HeaderMap, body: Bo
     generate(state, Endpoint::Completions, headers, body).await
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::BodyTooLarge(limit))
+/// The whole body, within `--max-body-bytes` and `--body-timeout-seconds`.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.max_body_bytes;
+    match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::RequestTimeout(state.body_timeout.as_secs())),
+        Ok(Err(e)) if is_too_large(&e) => Err(ApiError::BodyTooLarge(limit)),
+        Ok(Err(e)) => Err(ApiError::invalid(format!(
+            "Could not read the request body: {e}"
+        ))),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
 }
 
-/// A generation under way: its events, the engine slot it holds, and what the response needs.
+fn is_too_large(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// A generation under way: its events and what the response needs. (The engine slot it took is
+/// held by the task that drains the engine, and freed when the generation ends, whether or not
+/// the client has read it all.)
 pub(crate) struct Running {
     pub(crate) shape: RequestShape,
     pub(crate) events: UnboundedReceiver<Event>,
-    pub(crate) slot: Slot,
     pub(crate) id: String,
     pub(crate) start: Instant,
+    pub(crate) prompt_tokens: usize,
+    /// The engine slot, also freed by the engine's drainer when the generation ends.
+    pub(crate) slot: SharedSlot,
+    /// Counts the answer as being sent (the drain at shutdown waits for it).
+    pub(crate) _answering: Answering,
     /// Drills: held before the first token is released (`--fault-first-token-delay-ms`).
     pub(crate) first_token_delay: Option<Duration>,
 }
@@ -329,9 +370,24 @@ async fn admit(
     start: Instant,
     id: String,
 ) -> Result<Running, ApiError> {
-    let bytes = read_body(body, state.max_body_bytes).await?;
+    // Cheap checks first (size, time, shape, counts), then admission, then the expensive work
+    // (chat template, tokenization) inside the slot, so what a request costs is bounded by it.
+    let bytes = read_body(state, body).await?;
     let (mut generation, mut shape) = match endpoint {
-        Endpoint::Chat => openai::parse_request::<ChatRequest>(&bytes)?.into_generation()?,
+        Endpoint::Chat => {
+            let request = openai::parse_request::<ChatRequest>(&bytes)?;
+            if request.messages.len() > state.max_messages {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!(
+                        "A request may have at most {} messages; this one has {}.",
+                        state.max_messages,
+                        request.messages.len()
+                    ),
+                ));
+            }
+            request.into_generation()?
+        }
         Endpoint::Completions => {
             openai::parse_request::<CompletionRequest>(&bytes)?.into_generation()?
         }
@@ -346,6 +402,8 @@ async fn admit(
         ));
     }
     let engine = state.engine()?.clone();
+    let ticket = state.admission.enter()?;
+    let slot = ticket.run().await;
     let prompt_tokens = engine.count_prompt_tokens(&generation.input).await?;
     fit_context(
         &mut generation,
@@ -353,8 +411,6 @@ async fn admit(
         prompt_tokens,
         engine.max_seq_len(),
     )?;
-    let ticket = state.admission.enter()?;
-    let slot = ticket.run().await;
     if !state.fault_latency.is_zero() {
         tokio::time::sleep(state.fault_latency).await;
     }
@@ -363,13 +419,18 @@ async fn admit(
     }
     info!(model = %shape.model, user = shape.user.as_deref().unwrap_or(""), prompt_tokens, max_tokens = generation.max_tokens, stream = shape.stream, "generating");
     state.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
-    let events = engine.generate(generation, prompt_tokens).await?;
+    let slot = SharedSlot::new(slot);
+    let events = engine
+        .generate(generation, prompt_tokens, ReleaseOnDrop(slot.clone()))
+        .await?;
     Ok(Running {
         shape,
         events,
-        slot,
         id,
         start,
+        prompt_tokens,
+        slot,
+        _answering: state.admission.answering(),
         first_token_delay: Some(state.fault_first_token_delay).filter(|d| !d.is_zero()),
     })
 }
@@ -419,7 +480,7 @@ pub async fn warm_up(engine: &Engine) -> Result<(), ApiError> {
     let input = Input::Chat(vec![("user".into(), "Hello".into())]);
     let prompt = engine.count_prompt_tokens(&input).await?;
     let g = Generation::greedy(input, 2);
-    let mut events = engine.generate(g, prompt).await?;
+    let mut events = engine.generate(g, prompt, ()).await?;
     loop {
         match events.recv().await {
             Some(Event::Finish { .. }) => return Ok(()),

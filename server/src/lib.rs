@@ -11,6 +11,7 @@ pub mod error;
 mod events;
 pub mod fetch;
 pub mod http;
+mod listen;
 pub mod metrics;
 pub mod openai;
 mod respond;
@@ -130,8 +131,7 @@ pub async fn serve_engine(
         info!(idle, "drain finished");
         let _ = drained_tx.send(());
     };
-    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(graceful);
-    // After the drain, connections still open (a stream past its deadline) get one more second.
+    // After the drain, connections still open (a stream to a slow reader) get one more second.
     let hard_stop = async {
         if drained_rx.await.is_ok() {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -139,11 +139,12 @@ pub async fn serve_engine(
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        r = server => r?,
-        _ = hard_stop => info!("closing connections still open after the drain"),
-    }
-    Ok(())
+    let limits = listen::Limits {
+        max_connections: args.max_connections,
+        header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
+        stalled_client_timeout: Duration::from_secs(args.stalled_client_timeout_seconds.max(1)),
+    };
+    listen::serve(listener, http::router(state), limits, graceful, hard_stop).await
 }
 
 async fn shutdown_signal() {

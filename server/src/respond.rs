@@ -37,7 +37,11 @@ pub(crate) async fn whole_response(
                 text.push_str(&t);
                 logprobs.extend(logprob);
             }
-            Some(Event::Finish { reason, usage }) => break (reason, usage.unwrap_or_default()),
+            Some(Event::Finish { reason, usage }) => {
+                // Free before the answer goes out: the client's next request finds the slot.
+                run.slot.release();
+                break (reason, usage.unwrap_or_default());
+            }
             Some(Event::Error(message)) => {
                 return finish_error(&state, endpoint, ApiError::Engine(message));
             }
@@ -47,7 +51,6 @@ pub(crate) async fn whole_response(
             }
         }
     };
-    drop(run.slot);
     record_done(&state, endpoint, run.start, usage);
     let created = unix_now();
     let body = match endpoint {
@@ -65,6 +68,10 @@ pub(crate) async fn whole_response(
         }),
     };
     let mut response = Json(body).into_response();
+    response.headers_mut().insert(
+        ferry_contract::tokens::PROMPT_TOKENS_HEADER,
+        HeaderValue::from(usage.prompt_tokens),
+    );
     // The client (the router) cannot see when the first token came in a whole answer: say it.
     if let Some(first) = first_token {
         let ms = (first - run.start).as_secs_f64() * 1000.0;
@@ -141,6 +148,7 @@ fn completion_logprobs(l: &[TokenLogprob]) -> Value {
 /// Server-sent events: one `data:` line per chunk, `data: [DONE]` at the end. An engine error
 /// mid-stream becomes an `error` event, so clients raise instead of hanging.
 pub(crate) fn stream_response(state: AppState, endpoint: Endpoint, run: Running) -> Response {
+    let prompt_tokens = HeaderValue::from(run.prompt_tokens);
     let stream = futures::stream::unfold(SseState::new(state, endpoint, run), |mut s| async move {
         let chunk = s.next_chunk().await?;
         Some((Ok::<_, Infallible>(chunk), s))
@@ -152,6 +160,7 @@ pub(crate) fn stream_response(state: AppState, endpoint: Endpoint, run: Running)
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(ferry_contract::tokens::PROMPT_TOKENS_HEADER, prompt_tokens);
     response
 }
 
@@ -226,6 +235,7 @@ impl SseState {
                 Some(Event::Finish { reason, usage }) => {
                     let usage = usage.unwrap_or_default();
                     let run = self.run.take().expect("running");
+                    run.slot.release();
                     let include_usage = run.shape.include_usage;
                     record_done(&self.state, self.endpoint, run.start, usage);
                     let empty = if self.endpoint == Endpoint::Chat {
@@ -306,7 +316,7 @@ impl SseState {
 impl Drop for SseState {
     fn drop(&mut self) {
         // Dropped with a generation still running: the client went away. Dropping `run` drops
-        // the event receiver (the engine cancels the sequence) and the slot (admission frees it).
+        // the event receiver: the engine cancels the sequence, and admission frees its slot.
         if self.run.take().is_some() {
             self.state
                 .metrics()
