@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod pod_token;
 #[cfg(feature = "pods")]
 pub mod pods;
 pub mod stats;

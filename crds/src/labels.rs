@@ -56,6 +56,13 @@ fn shorten(out: String, original: &str) -> String {
     format!("{}-{}", out[..46].trim_end_matches(['-', '.']), &hash[..16])
 }
 
+/// Name of a version's Deployment and Service: `<llmd>-<version>` as a DNS label (dots become
+/// dashes; names over 63 characters are cut and end in a hash, so they stay unique). The router
+/// accepts a pod only when its ReplicaSet belongs to the Deployment of this name.
+pub fn child_name(llmd: &str, version: &str) -> String {
+    dns_label(&format!("{llmd}-{version}"))
+}
+
 /// 64-bit FNV-1a: stable across Rust versions and processes (unlike `DefaultHasher`).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325, |h, b| {

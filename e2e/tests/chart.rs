@@ -49,11 +49,22 @@ impl Release {
     fn install(system: &TempNamespace, watched: &TempNamespace) -> Self {
         let chart = repo_root().join("charts/ferry");
         let name = system.name.clone();
+        // The key Secret the chart's router reads (by name: its Role allows no other).
+        system
+            .kubectl([
+                "create",
+                "secret",
+                "generic",
+                "ferry-api-keys",
+                &format!("--from-literal=e2e={API_KEY}"),
+            ])
+            .ok("create the API key Secret");
         let mut sets = vec![
             format!("watchNamespace={}", watched.name),
             "operator.leaseSeconds=4".into(),
             "logFormat=text".into(),
             "logLevel=info".into(),
+            "router.apiKeys.enabled=true".into(),
         ];
         for (component, var) in [
             ("operator", "FERRY_OPERATOR_IMAGE"),
@@ -91,6 +102,23 @@ impl Drop for Release {
     fn drop(&mut self) {
         let _ = Self::helm(&["uninstall", &self.name, "-n", &self.namespace]);
     }
+}
+
+/// The API key the release's router accepts: the chart references a Secret made beforehand (keys
+/// never pass through Helm values).
+const API_KEY: &str = "sk-chart-e2e";
+
+/// An HTTP client that shows [`API_KEY`], like an OpenAI SDK given it.
+fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {API_KEY}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// Polls `check` every 250 ms until it returns `Some`, or panics naming `what` after `timeout`.
@@ -184,7 +212,7 @@ impl Load {
         let ok: Arc<Mutex<BTreeMap<String, u64>>> = Default::default();
         let failures: Arc<Mutex<Vec<String>>> = Default::default();
         let throttled: Arc<Mutex<u64>> = Default::default();
-        let http = reqwest::Client::new();
+        let http = client();
         let tasks = (0..clients)
             .map(|i| {
                 let (stop, ok, failures, throttled, http) = (
@@ -378,7 +406,7 @@ async fn helm_installed_ferry_serves_survives_faults_and_rolls_out() {
         "{.spec.clusterIP}",
     );
     let base = format!("http://{ip}:8080");
-    let http = reqwest::Client::new();
+    let http = client();
 
     // A model: 2 pods of the tiny model, Available through the chart's operator.
     models.apply(&tiny_version("v1", ""));
@@ -392,7 +420,12 @@ async fn helm_installed_ferry_serves_survives_faults_and_rolls_out() {
     let models_url = format!("{base}/v1/models");
     wait_for("the router to list tiny", Duration::from_secs(10), || {
         let out = Command::new("curl")
-            .args(["-sf", &models_url])
+            .args([
+                "-sf",
+                "-H",
+                &format!("authorization: Bearer {API_KEY}"),
+                &models_url,
+            ])
             .output()
             .ok()?;
         String::from_utf8_lossy(&out.stdout)
@@ -401,10 +434,87 @@ async fn helm_installed_ferry_serves_survives_faults_and_rolls_out() {
     })
     .await;
 
+    // Without the key the router says 401.
+    let refused = reqwest::Client::new()
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "no key");
+
+    // Only the router gets answers from the pods: the operator's NetworkPolicy admits the
+    // release namespace on the server port (this cluster's bridge network does not enforce
+    // policies, so the pod token is what holds here), and a pod asked directly, without the
+    // router's token or with a client's key, says 401; probes need nothing.
+    let policy = jsonpath(&models, "networkpolicy/tiny", "{.spec}");
+    let policy: serde_json::Value = serde_json::from_str(&policy).unwrap();
+    assert_eq!(
+        policy["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        system.name.as_str(),
+        "{policy}"
+    );
+    assert_eq!(policy["ingress"][0]["ports"][0]["port"], 8000, "{policy}");
+    assert_eq!(
+        policy["podSelector"]["matchLabels"]["serving.ferry.dev/llmdeployment"], "tiny",
+        "{policy}"
+    );
+    let master = jsonpath(&system, "secret/ferry-pod-token", "{.data.master}");
+    let master = Command::new("base64")
+        .args(["-d"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(master.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("base64 -d")
+        .stdout;
+    assert_eq!(master.len(), 32, "a random 32-byte master");
+    let token = ferry_contract::pod_token::derive(&master, &models.name, "tiny");
+    let spec = jsonpath(&models, "deployment/tiny-v1", "{.spec.template.spec}");
+    assert!(
+        spec.contains(&ferry_contract::pod_token::digest(&token)) && !spec.contains(&token),
+        "the pod gets the token's digest, not the token: {spec}"
+    );
+    let pod_ip = jsonpath(
+        &models,
+        "pods",
+        "{.items[?(@.metadata.labels.serving\\.ferry\\.dev/version==\"v1\")].status.podIP}",
+    );
+    let pod_ip = pod_ip
+        .split_whitespace()
+        .next()
+        .expect("a pod IP")
+        .to_string();
+    let direct = format!("http://{pod_ip}:8000");
+    for key in [None, Some(API_KEY)] {
+        let mut request = http.get(format!("{direct}/v1/models"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "direct call with {key:?}");
+    }
+    let with_token = http
+        .get(format!("{direct}/v1/models"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200, "the router's token opens the pod");
+    let health = http.get(format!("{direct}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "probes need no token");
+    println!(
+        "pods: direct calls 401, the router's token 200, NetworkPolicy from {}",
+        system.name
+    );
+
     // The official openai client, unchanged, against the router: a completion and a stream.
     let script = r#"
 import sys, openai
-c = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="unused")
+c = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key=sys.argv[2])
 r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
 assert r.choices[0].finish_reason in ("length", "stop"), r
 assert r.usage.completion_tokens >= 1, r.usage
@@ -420,7 +530,7 @@ except openai.NotFoundError as e:
 print("openai client ok:", len(chunks), "chunks")
 "#;
     let out = Command::new(env("FERRY_PYTHON"))
-        .args(["-c", script, &base])
+        .args(["-c", script, &base, API_KEY])
         .output()
         .expect("run python");
     assert!(
@@ -704,6 +814,7 @@ print("openai client ok:", len(chunks), "chunks")
             let out = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/v1/chat/completions"),
                 "-H", "content-type: application/json",
+                "-H", &format!("authorization: Bearer {API_KEY}"),
                 "-d", r#"{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}"#])
             .output()
             .ok()?;

@@ -317,6 +317,29 @@ async fn a_client_that_hangs_up_mid_stream_cancels_the_generation_in_the_pod() {
     }
 }
 
+/// Labels are not enough: a ready pod with the version's labels that the version's Deployment
+/// does not own (made by hand by anyone who may create pods) gets no request, and so never sees
+/// the pod token either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pod_the_operator_does_not_own_gets_no_traffic() {
+    let scene = Scene::new("router-owner").await;
+    let (owned, rogue) = (
+        Backend::start("own", "v1", &[]).await,
+        Backend::start("own", "v1", &[]).await,
+    );
+    scene.serve_v1("own", &[&owned]).await;
+    // Its own pod-template-hash, or the version's ReplicaSet would adopt it (and delete one pod).
+    scene
+        .unowned_pod("own-rogue", ("own", "v1", "rogue"), rogue.addr, true)
+        .await;
+    let router = Router::start(&scene, &["--scrape-interval-ms", "0"]).await;
+    router.wait_routable("own").await;
+    let counts = count_by(&router, 40, 4, "x-ferry-pod", |_| chat("own", json!({}))).await;
+    assert_eq!(counts.get("own-0"), Some(&40), "{counts:?}");
+    let seen = rogue.metric("ferry_requests_total", "").await;
+    assert_eq!(seen, 0.0, "the unowned pod's server was sent requests");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_backend_is_retried_on_another_pod() {
     let scene = Scene::new("router-retry").await;

@@ -12,6 +12,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -20,8 +24,8 @@ use crate::conditions::Wanted;
 use crate::pod::{SERVER_PORT, ServerSettings, server_pod_spec};
 
 pub use ferry_crds::labels::{
-    LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_MODEL, LABEL_VERSION, MANAGER, dns_label, fnv1a,
-    label_value,
+    LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_MODEL, LABEL_VERSION, MANAGER, child_name, dns_label,
+    fnv1a, label_value,
 };
 /// Annotation holding a hash of what the operator last applied to an object: equal hash, no write.
 pub const APPLIED_HASH: &str = "serving.ferry.dev/applied-hash";
@@ -32,6 +36,29 @@ pub struct Settings {
     pub server: ServerSettings,
     /// In-cluster OpenAI base URL of the router, reported as `status.endpoint`.
     pub router_endpoint: String,
+    /// Pods answer only requests with the router's token (`--pod-token-secret`).
+    pub pod_token: Option<PodTokenMaster>,
+    /// A NetworkPolicy per LLMDeployment (`--network-policy`).
+    pub network_policy: Option<PolicySettings>,
+}
+
+/// The master of the pod tokens ([`ferry_contract::pod_token`]); never printed.
+#[derive(Clone, PartialEq)]
+pub struct PodTokenMaster(pub Vec<u8>);
+
+impl std::fmt::Debug for PodTokenMaster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PodTokenMaster(..)")
+    }
+}
+
+/// Who may open connections to the server pods when `--network-policy` is on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicySettings {
+    /// Ferry's own namespace: the router and the operator (which reads the pods' queue depth).
+    pub ferry_namespace: String,
+    /// Further namespaces whose pods may connect (Prometheus).
+    pub allow_namespaces: Vec<String>,
 }
 
 /// What the cluster shows for one version's Deployment.
@@ -46,6 +73,8 @@ pub struct Observed {
 /// Everything that should exist for one LLMDeployment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
+    /// Who may reach the pods (empty unless `--network-policy`).
+    pub network_policies: Vec<NetworkPolicy>,
     pub deployments: Vec<Deployment>,
     pub services: Vec<Service>,
     pub status: LLMDeploymentStatus,
@@ -127,6 +156,12 @@ pub fn build_plan(
         ..Default::default()
     };
     Desired {
+        network_policies: settings
+            .network_policy
+            .as_ref()
+            .map(|p| network_policy(llmd, p))
+            .into_iter()
+            .collect(),
         deployments,
         services,
         status,
@@ -262,7 +297,11 @@ fn version_deployment(
                     annotations: Some(pod_annotations),
                     ..Default::default()
                 }),
-                spec: Some(server_pod_spec(&version, model, &mv.spec, &settings.server)),
+                spec: Some(with_token(
+                    server_pod_spec(&version, model, &mv.spec, &settings.server),
+                    llmd,
+                    settings.pod_token.as_ref(),
+                )),
             },
             ..Default::default()
         }),
@@ -335,16 +374,82 @@ fn child_meta(llmd: &LLMDeployment, name: String, labels: BTreeMap<String, Strin
     }
 }
 
+/// With a pod token master: the server accepts only the router's token for this LLMDeployment.
+/// The pod gets the token's SHA-256, never the token.
+fn with_token(
+    mut spec: k8s_openapi::api::core::v1::PodSpec,
+    llmd: &LLMDeployment,
+    master: Option<&PodTokenMaster>,
+) -> k8s_openapi::api::core::v1::PodSpec {
+    use ferry_contract::pod_token::{derive, digest};
+    if let Some(PodTokenMaster(master)) = master {
+        let token = derive(
+            master,
+            &llmd.namespace().unwrap_or_default(),
+            &llmd.name_any(),
+        );
+        for container in spec.containers.iter_mut().filter(|c| c.name == "server") {
+            let args = container.args.get_or_insert_with(Vec::new);
+            args.push("--api-key-sha256".into());
+            args.push(digest(&token));
+        }
+    }
+    spec
+}
+
+/// The NetworkPolicy of an LLMDeployment's server pods: connections to the server port only
+/// from Ferry's namespace (router, operator) and the namespaces named for Prometheus; nothing
+/// else (kubelet probes come from the node, which policies do not cover).
+fn network_policy(llmd: &LLMDeployment, settings: &PolicySettings) -> NetworkPolicy {
+    let name = llmd.name_any();
+    let selector = BTreeMap::from([
+        (LABEL_DEPLOYMENT.to_string(), label_value(&name)),
+        (LABEL_MANAGED_BY.to_string(), MANAGER.to_string()),
+    ]);
+    let mut namespaces = vec![settings.ferry_namespace.clone()];
+    for ns in &settings.allow_namespaces {
+        if !namespaces.contains(ns) {
+            namespaces.push(ns.clone());
+        }
+    }
+    let from = namespaces
+        .into_iter()
+        .map(|ns| NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    ns,
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    with_hash(NetworkPolicy {
+        metadata: child_meta(llmd, dns_label(&name), selector.clone()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(from),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(SERVER_PORT)),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+            }]),
+            egress: None,
+        }),
+    })
+}
+
 fn owner_reference(llmd: &LLMDeployment) -> Option<OwnerReference> {
     let mut owner = llmd.controller_owner_ref(&())?;
     owner.block_owner_deletion = Some(true);
     Some(owner)
-}
-
-/// Name of a version's Deployment and Service: `<llmd>-<version>` as a DNS label (dots become
-/// dashes; names over 63 characters are cut and end in a hash, so they stay unique).
-pub fn child_name(llmd: &str, version: &str) -> String {
-    dns_label(&format!("{llmd}-{version}"))
 }
 
 /// Adds the [`APPLIED_HASH`] annotation: a hash of the object as built.

@@ -145,6 +145,12 @@ async fn reconcile_inner(
     };
     let (later, now_too): (Vec<&Deployment>, Vec<&Deployment>) =
         desired.deployments.iter().partition(|d| shrinks(d));
+    // The policy first: no pod runs without it.
+    if let Some(cache) = &ctx.network_policies {
+        for policy in &desired.network_policies {
+            apply_child(&ctx.client, cache, policy, &ctx.metrics).await?;
+        }
+    }
     for deployment in now_too {
         apply_child(&ctx.client, &ctx.deployments, deployment, &ctx.metrics).await?;
     }
@@ -350,7 +356,16 @@ async fn prune(
     let keep: Vec<String> = desired.deployments.iter().map(|d| d.name_any()).collect();
     prune_kind(llmd, &ctx.deployments, &keep, ctx).await?;
     let keep: Vec<String> = desired.services.iter().map(|s| s.name_any()).collect();
-    prune_kind(llmd, &ctx.services, &keep, ctx).await
+    prune_kind(llmd, &ctx.services, &keep, ctx).await?;
+    if let Some(cache) = &ctx.network_policies {
+        let keep: Vec<String> = desired
+            .network_policies
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        prune_kind(llmd, cache, &keep, ctx).await?;
+    }
+    Ok(())
 }
 
 /// Deletes the cached objects of one kind that belong to `llmd` and are not in `keep`.

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model_version;
 pub mod plan;
 pub mod pod;
+pub mod pod_token;
 pub mod promql;
 pub mod rollout;
 mod signals;
@@ -34,13 +35,14 @@ use ferry_crds::{LLMDeployment, ModelVersion};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::info;
 
-use crate::build::{LABEL_MANAGED_BY, MANAGER, Settings};
+use crate::build::{LABEL_MANAGED_BY, MANAGER, PodTokenMaster, PolicySettings, Settings};
 use crate::metrics::Metrics;
 use crate::pod::ServerSettings;
 
@@ -123,6 +125,24 @@ pub struct Args {
     /// Seconds between two looks at the pods' queue depth for LLMDeployments with autoscaling.
     #[arg(long, env = "FERRY_AUTOSCALE_INTERVAL_SECONDS", default_value_t = 5)]
     pub autoscale_interval_seconds: u64,
+    /// Secret in the operator's namespace holding the master of the tokens the router shows model
+    /// pods (created with a random master when missing). With it, every server pod answers only
+    /// requests carrying the router's token for its LLMDeployment; give the router the same
+    /// `--pod-token-secret`. Empty: pods need no token.
+    #[arg(long, env = "FERRY_POD_TOKEN_SECRET")]
+    pub pod_token_secret: Option<String>,
+    /// A NetworkPolicy per LLMDeployment: its server pods accept connections only from the
+    /// operator's namespace (router, operator) and `--network-policy-allow-namespace`.
+    #[arg(long, env = "FERRY_NETWORK_POLICY")]
+    pub network_policy: bool,
+    /// A namespace (Prometheus) whose pods may reach the server pods under `--network-policy`
+    /// (repeatable; comma-separated in the environment variable).
+    #[arg(
+        long = "network-policy-allow-namespace",
+        env = "FERRY_NETWORK_POLICY_ALLOW_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub network_policy_allow_namespaces: Vec<String>,
     /// Logs as JSON lines (default) or text.
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
@@ -165,6 +185,8 @@ pub struct Context {
     pub model_versions: Store<ModelVersion>,
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
+    /// Present with `--network-policy`.
+    pub network_policies: Option<Store<NetworkPolicy>>,
     pub pods: Store<Pod>,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -303,6 +325,9 @@ impl Context {
             self.services.wait_until_ready(),
             self.pods.wait_until_ready(),
         );
+        if let Some(policies) = &self.network_policies {
+            let _ = policies.wait_until_ready().await;
+        }
     }
 }
 
@@ -318,7 +343,19 @@ async fn run_controllers(
     let (model_versions, mv_stream) = reflected(api::<ModelVersion>(&client, ns), all.clone());
     let (deployments, deployment_stream) = reflected(api::<Deployment>(&client, ns), ours.clone());
     let (services, service_stream) = reflected(api::<Service>(&client, ns), ours.clone());
-    let (pods, pod_stream) = reflected(api::<Pod>(&client, ns), ours);
+    let (pods, pod_stream) = reflected(api::<Pod>(&client, ns), ours.clone());
+    let (network_policies, policy_stream) = if args.network_policy {
+        let (store, stream) = reflected(api::<NetworkPolicy>(&client, ns), ours);
+        (Some(store), Some(stream))
+    } else {
+        (None, None)
+    };
+    let pod_token = match &args.pod_token_secret {
+        Some(name) if !name.is_empty() => Some(PodTokenMaster(
+            pod_token::ensure_master(&client, &args.lease_namespace, name).await?,
+        )),
+        _ => None,
+    };
 
     let image_volumes = match args.image_volumes {
         ImageVolumes::Auto => {
@@ -345,10 +382,19 @@ async fn run_controllers(
                 image_volumes,
             },
             router_endpoint: args.router_endpoint.clone(),
+            pod_token,
+            network_policy: args.network_policy.then(|| PolicySettings {
+                ferry_namespace: args
+                    .router_namespace
+                    .clone()
+                    .unwrap_or_else(|| args.lease_namespace.clone()),
+                allow_namespaces: args.network_policy_allow_namespaces.clone(),
+            }),
         },
         model_versions,
         deployments,
         services,
+        network_policies,
         pods,
         recorder: Recorder::new(
             client.clone(),
@@ -379,10 +425,13 @@ async fn run_controllers(
     });
     let config = kube::runtime::controller::Config::default().concurrency(args.concurrency);
 
-    let llmds = Controller::new(api::<LLMDeployment>(&client, ns), all.clone())
+    let mut llmds = Controller::new(api::<LLMDeployment>(&client, ns), all.clone())
         .with_config(config.clone())
         .owns_stream(deployment_stream)
         .owns_stream(service_stream);
+    if let Some(stream) = policy_stream {
+        llmds = llmds.owns_stream(stream);
+    }
     let llmd_store = llmds.store();
     // A deleted LLMDeployment is not reconciled again: drop its gauges from here.
     let (live, metrics) = (llmd_store.clone(), ctx.metrics.clone());

@@ -19,6 +19,8 @@ fn settings() -> Settings {
             image_volumes: false,
         },
         router_endpoint: "http://10.0.0.9:8080/v1".into(),
+        pod_token: None,
+        network_policy: None,
     }
 }
 
@@ -719,4 +721,104 @@ fn server_pods_run_as_nobody_without_privileges_capabilities_or_a_token() {
             );
         }
     }
+}
+
+#[test]
+fn with_a_pod_token_master_each_pod_gets_the_digest_of_its_deployments_token_only() {
+    use ferry_contract::pod_token::{derive, digest};
+    use ferry_operator::build::PodTokenMaster;
+    let versions = mv(
+        "v1",
+        "{source: {pvc: {claimName: w}}, format: gguf, files: [m.gguf], resources: {gpus: 0}}",
+    );
+    let plain = build(
+        &llmd("{stable: v1}"),
+        &versions,
+        &BTreeMap::new(),
+        &settings(),
+    );
+    assert_eq!(arg(server(&plain.deployments[0]), "--api-key-sha256"), None);
+
+    let settings = Settings {
+        pod_token: Some(PodTokenMaster(b"master".to_vec())),
+        ..settings()
+    };
+    let out = build(
+        &llmd("{stable: v1}"),
+        &versions,
+        &BTreeMap::new(),
+        &settings,
+    );
+    let token = derive(b"master", "team", "chat");
+    let pod = server(&out.deployments[0]);
+    assert_eq!(arg(pod, "--api-key-sha256"), Some(digest(&token).as_str()));
+    // The token itself is nowhere in what the operator writes.
+    let written = serde_json::to_string(&out.deployments).unwrap();
+    assert!(!written.contains(&token));
+    assert!(format!("{settings:?}").contains("PodTokenMaster(..)"));
+}
+
+#[test]
+fn with_network_policy_the_pods_accept_only_ferrys_and_the_named_namespaces_on_the_server_port() {
+    use ferry_operator::build::PolicySettings;
+    let versions = mv(
+        "v1",
+        "{source: {pvc: {claimName: w}}, format: gguf, files: [m.gguf], resources: {gpus: 0}}",
+    );
+    let plain = build(
+        &llmd("{stable: v1}"),
+        &versions,
+        &BTreeMap::new(),
+        &settings(),
+    );
+    assert!(plain.network_policies.is_empty());
+
+    let settings = Settings {
+        network_policy: Some(PolicySettings {
+            ferry_namespace: "ferry-system".into(),
+            allow_namespaces: vec!["monitoring".into(), "ferry-system".into()],
+        }),
+        ..settings()
+    };
+    let out = build(
+        &llmd("{stable: v1}"),
+        &versions,
+        &BTreeMap::new(),
+        &settings,
+    );
+    assert_eq!(out.network_policies.len(), 1);
+    let policy = json(&out.network_policies[0]);
+    assert_eq!(policy["metadata"]["name"], "chat");
+    assert_eq!(policy["metadata"]["namespace"], "team");
+    assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    let selector = &policy["spec"]["podSelector"]["matchLabels"];
+    // The policy selects exactly the pods of this LLMDeployment's versions.
+    let pod_labels = json(
+        &out.deployments[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels,
+    );
+    for (k, v) in selector.as_object().unwrap() {
+        assert_eq!(&pod_labels[k], v, "{k}");
+    }
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    assert_eq!(
+        policy["spec"]["ingress"],
+        serde_json::json!([{
+            "from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ferry-system"}}},
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+            ],
+            "ports": [{"port": 8000, "protocol": "TCP"}],
+        }])
+    );
 }

@@ -21,6 +21,8 @@ fn settings() -> Settings {
             image_volumes: false,
         },
         router_endpoint: "http://10.0.0.9:8080/v1".into(),
+        pod_token: None,
+        network_policy: None,
     }
 }
 

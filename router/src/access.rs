@@ -273,6 +273,28 @@ impl Access {
 /// Keeps `access` in step with the Secret `name` in `namespace`: a changed key works within a
 /// second; a deleted Secret locks everyone out (fail closed) until it is back.
 pub async fn watch_secret(client: Client, namespace: String, name: String, access: Arc<Access>) {
+    let secret = name.clone();
+    watch_secret_data(client, namespace, name, move |data| {
+        let keys = Keys::from_secret(data);
+        if keys.is_empty() {
+            warn!(%secret, "the API key Secret is missing or empty: every request gets 401");
+        } else {
+            info!(%secret, keys = keys.len(), "API keys loaded");
+        }
+        access.set_keys(keys);
+    })
+    .await
+}
+
+/// Calls `changed` with the data of the Secret `name` in `namespace` whenever it changes (empty
+/// when the Secret is missing or deleted). The watch asks for this one Secret by name, so a Role
+/// with `resourceNames: [name]` is all it needs.
+pub async fn watch_secret_data(
+    client: Client,
+    namespace: String,
+    name: String,
+    mut changed: impl FnMut(&BTreeMap<String, Vec<u8>>),
+) {
     let api: Api<Secret> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut stream = watcher(api, config).default_backoff().boxed();
@@ -293,18 +315,12 @@ pub async fn watch_secret(client: Client, namespace: String, name: String, acces
             }
             Ok(watcher::Event::InitDone) => true,
             Err(e) => {
-                warn!(error = %e, "watching the API key Secret failed; retrying");
+                warn!(error = %e, secret = %name, "watching a Secret failed; retrying");
                 false
             }
         };
         if update {
-            let keys = Keys::from_secret(&current);
-            if keys.is_empty() {
-                warn!(secret = %name, "the API key Secret is missing or empty: every request gets 401");
-            } else {
-                info!(secret = %name, keys = keys.len(), "API keys loaded");
-            }
-            access.set_keys(keys);
+            changed(&current);
         }
     }
 }

@@ -1,13 +1,17 @@
 //! Keeps the routing table in step with the cluster: reflectors on LLMDeployments and on the pods
 //! the operator labels; every change rebuilds the table (within milliseconds, no DNS involved).
 //! Also reads each pod's `ferry_queue_depth` so the load of pods shared with other routers counts.
+//!
+//! Labels alone do not make a pod a backend: a pod is routed to only when a ReplicaSet of the
+//! version's own Deployment (the one the operator names `<llmdeployment>-<version>`) controls it,
+//! so a pod made by hand with the right labels gets no traffic.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_crds::LLMDeployment;
-use ferry_crds::labels::{LABEL_DEPLOYMENT, LABEL_VERSION, label_value};
+use ferry_crds::labels::{LABEL_DEPLOYMENT, LABEL_VERSION, child_name, label_value};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, Store};
@@ -24,7 +28,7 @@ use crate::table::{Backend, Endpoint, Route, Sticky, Table};
 /// in-flight counts survive a rebuild.
 pub fn build_table(llmds: &[Arc<LLMDeployment>], pods: &[Arc<Pod>], previous: &Table) -> Table {
     let mut known = previous.endpoints();
-    let mut ready: HashMap<(String, String, String), Vec<Arc<Endpoint>>> = HashMap::new();
+    let mut ready: Ready = HashMap::new();
     for pod in pods {
         let Some(addr) = ready_address(pod) else {
             continue;
@@ -33,6 +37,9 @@ pub fn build_table(llmds: &[Arc<LLMDeployment>], pods: &[Arc<Pod>], previous: &T
         let (Some(deployment), Some(version)) =
             (labels.get(LABEL_DEPLOYMENT), labels.get(LABEL_VERSION))
         else {
+            continue;
+        };
+        let Some(owner) = owning_deployment(pod) else {
             continue;
         };
         let name = pod.name_any();
@@ -46,10 +53,10 @@ pub fn build_table(llmds: &[Arc<LLMDeployment>], pods: &[Arc<Pod>], previous: &T
                 version.clone(),
             ))
             .or_default()
-            .push(endpoint);
+            .push((endpoint, owner));
     }
     for endpoints in ready.values_mut() {
-        endpoints.sort_by(|a, b| a.pod.cmp(&b.pod));
+        endpoints.sort_by(|a, b| a.0.pod.cmp(&b.0.pod));
     }
 
     // Oldest first, so when two deployments claim one model id, the first one keeps it.
@@ -79,10 +86,29 @@ pub fn build_table(llmds: &[Arc<LLMDeployment>], pods: &[Arc<Pod>], previous: &T
     }
 }
 
-fn route_for(
-    llmd: &LLMDeployment,
-    ready: &HashMap<(String, String, String), Vec<Arc<Endpoint>>>,
-) -> Route {
+/// Ready pods by (namespace, LLMDeployment label, version label), each with the name of the
+/// Deployment that controls it.
+type Ready = HashMap<(String, String, String), Vec<(Arc<Endpoint>, String)>>;
+
+/// The Deployment controlling `pod` through its ReplicaSet: the pod's controller is a ReplicaSet
+/// named `<deployment>-<pod-template-hash>`, as the Deployment controller names them.
+fn owning_deployment(pod: &Pod) -> Option<String> {
+    let hash = pod.labels().get("pod-template-hash")?;
+    let owner = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))?;
+    if owner.kind != "ReplicaSet" || owner.api_version != "apps/v1" {
+        return None;
+    }
+    owner
+        .name
+        .strip_suffix(hash.as_str())?
+        .strip_suffix('-')
+        .map(str::to_string)
+}
+
+fn route_for(llmd: &LLMDeployment, ready: &Ready) -> Route {
     let namespace = llmd.namespace().unwrap_or_default();
     let deployment = llmd.name_any();
     let status = llmd.status.as_ref();
@@ -117,18 +143,26 @@ fn route_for(
     let deployment_label = label_value(&deployment);
     let backends = split
         .into_iter()
-        .map(|(version, weight, variant)| Backend {
-            endpoints: ready
+        .map(|(version, weight, variant)| {
+            // Only the pods of the Deployment the operator made for this version.
+            let owner = child_name(&deployment, &version);
+            let endpoints = ready
                 .get(&(
                     namespace.clone(),
                     deployment_label.clone(),
                     label_value(&version),
                 ))
-                .cloned()
-                .unwrap_or_default(),
-            version,
-            weight,
-            variant,
+                .into_iter()
+                .flatten()
+                .filter(|(_, o)| *o == owner)
+                .map(|(e, _)| e.clone())
+                .collect();
+            Backend {
+                endpoints,
+                version,
+                weight,
+                variant,
+            }
         })
         .collect();
     Route {
@@ -222,5 +256,71 @@ pub async fn scrape_queue_depths(
             }
         });
         futures::future::join_all(reads).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn llmd(name: &str, stable: &str) -> Arc<LLMDeployment> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "serving.ferry.dev/v1alpha1",
+                "kind": "LLMDeployment",
+                "metadata": {"name": name, "namespace": "team"},
+                "spec": {"stable": stable},
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// A ready pod of `llmd`/`version` at `ip`, controlled by `owner` (kind, name).
+    fn pod(name: &str, ip: &str, owner: Option<(&str, &str)>) -> Arc<Pod> {
+        let owners: Vec<_> = owner
+            .into_iter()
+            .map(|(kind, name)| {
+                json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u1",
+                       "controller": true})
+            })
+            .collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {
+                    "name": name,
+                    "namespace": "team",
+                    "labels": {LABEL_DEPLOYMENT: "chat", LABEL_VERSION: "v1",
+                               "pod-template-hash": "7d9f8c"},
+                    "ownerReferences": owners,
+                },
+                "spec": {"containers": [{"name": "server"}]},
+                "status": {"podIP": ip,
+                           "conditions": [{"type": "Ready", "status": "True"}]},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn only_pods_of_the_versions_own_deployment_get_traffic() {
+        let pods = [
+            pod("real", "10.0.0.1", Some(("ReplicaSet", "chat-v1-7d9f8c"))),
+            // Right labels, made by hand.
+            pod("bare", "10.0.0.2", None),
+            // Right labels, another Deployment's ReplicaSet.
+            pod("other", "10.0.0.3", Some(("ReplicaSet", "impostor-7d9f8c"))),
+            // Right labels, the right name but not a ReplicaSet.
+            pod("job", "10.0.0.4", Some(("Job", "chat-v1-7d9f8c"))),
+        ];
+        let table = build_table(&[llmd("chat", "v1")], &pods, &Table::default());
+        let route = &table.routes["chat"];
+        let pods: Vec<&str> = route.backends[0]
+            .endpoints
+            .iter()
+            .map(|e| e.pod.as_str())
+            .collect();
+        assert_eq!(pods, ["real"]);
     }
 }

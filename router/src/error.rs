@@ -69,6 +69,9 @@ pub enum RouterError {
         "This Idempotency-Key was already used for a different request body; a key stands for one request. Use a new key for a new request."
     )]
     IdempotencyKeyReused,
+    /// The router cannot send requests yet (the pod token is not read).
+    #[error("The router is not ready: {what}; retry after 1 s.")]
+    NotReady { what: &'static str },
 }
 
 fn list(models: &[String]) -> String {
@@ -98,7 +101,7 @@ impl RouterError {
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::IdempotencyKeyBusy => StatusCode::CONFLICT,
-            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded { .. } | Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::BodyUnreadable(_) => StatusCode::BAD_REQUEST,
@@ -117,7 +120,7 @@ impl RouterError {
             | Self::RequestTimeout(_)
             | Self::BodyUnreadable(_)
             | Self::MethodNotAllowed { .. } => "invalid_request_error",
-            Self::Overloaded { .. } => "service_unavailable",
+            Self::Overloaded { .. } | Self::NotReady { .. } => "service_unavailable",
             Self::Unauthorized => "authentication_error",
             Self::RateLimited { .. } => "rate_limit_error",
             Self::NoReadyPod { .. } => "service_unavailable",
@@ -139,6 +142,7 @@ impl RouterError {
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::IdempotencyKeyBusy => "idempotency_key_in_use",
             Self::Overloaded { .. } => "router_overloaded",
+            Self::NotReady { .. } => "router_not_ready",
             Self::RequestTimeout(_) => "request_timeout",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BodyUnreadable(_) => "body_unreadable",
@@ -165,7 +169,10 @@ impl RouterError {
             Self::RateLimited { retry_after, .. } | Self::NoReadyPod { retry_after, .. } => {
                 Some(*retry_after)
             }
-            Self::Upstream { .. } | Self::Overloaded { .. } | Self::IdempotencyKeyBusy => Some(1),
+            Self::Upstream { .. }
+            | Self::Overloaded { .. }
+            | Self::NotReady { .. }
+            | Self::IdempotencyKeyBusy => Some(1),
             _ => None,
         }
     }

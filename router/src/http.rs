@@ -28,6 +28,7 @@ use crate::access::{Access, Reservation};
 use crate::error::RouterError;
 use crate::idempotency::{Begin, IdempotencyCache, MAX_KEY_LENGTH, Stored, fingerprint};
 use crate::limits::{Caps, Guarded};
+use crate::pod_token::PodToken;
 use crate::proxy::{
     ObservedStream, UpstreamClient, add_route_headers, stream_response, strip_hop_by_hop, usage_of,
 };
@@ -62,6 +63,8 @@ pub struct App {
     pub stats: Stats,
     pub access: Arc<Access>,
     pub idempotency: Arc<IdempotencyCache>,
+    /// The token shown to pods (off unless `--pod-token-secret`).
+    pub pod_token: Arc<PodToken>,
     pub registry: Registry,
     rejected: IntCounterVec,
     retried: IntCounterVec,
@@ -99,6 +102,7 @@ impl App {
             stats: Stats::new(&registry)?,
             access,
             idempotency,
+            pod_token: Arc::default(),
             registry,
             rejected,
             retried,
@@ -170,7 +174,13 @@ pub fn now_ms() -> u64 {
 }
 
 async fn ready(State(app): State<Arc<App>>) -> Response {
-    if app.table.borrow().synced {
+    if !app.pod_token.is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pod token Secret not read yet",
+        )
+            .into_response()
+    } else if app.table.borrow().synced {
         "ready".into_response()
     } else {
         (
@@ -384,7 +394,8 @@ async fn handle(
     // chooses once more: those pods are now skipped, so the table gives another version.
     let mut spill = true;
     let response = loop {
-        let (backend, route_model) = wait_for_backend(app, &model, started, &sticky_key).await?;
+        let (backend, route_model, credential) =
+            wait_for_backend(app, &model, started, &sticky_key).await?;
         let series = SeriesKey {
             model: route_model,
             version: backend.version.clone(),
@@ -396,6 +407,7 @@ async fn handle(
             &series,
             path,
             headers,
+            credential.as_ref(),
             body.clone(),
             started,
             &mut charge,
@@ -502,7 +514,7 @@ async fn wait_for_backend(
     model: &str,
     started: Instant,
     sticky_key: &(dyn Fn(&Sticky) -> Option<String> + Sync),
-) -> Result<(Backend, String), RouterError> {
+) -> Result<(Backend, String, Option<HeaderValue>), RouterError> {
     let mut table = app.table.clone();
     let deadline = started + app.settings.hold;
     // Counted as held (the operator wakes a version scaled to zero) from the first miss on.
@@ -516,7 +528,10 @@ async fn wait_for_backend(
                     None => fastrand::f64(),
                 };
                 if let Some(b) = choose_backend(&route.backends, point, now_ms()) {
-                    return Ok((b.clone(), route.model.clone()));
+                    let credential = app
+                        .pod_token
+                        .credential(&route.namespace, &route.deployment)?;
+                    return Ok((b.clone(), route.model.clone(), credential));
                 }
             }
             None if snapshot.synced => {
@@ -567,6 +582,7 @@ async fn forward(
     series: &SeriesKey,
     path: &PathAndQuery,
     headers: &HeaderMap,
+    credential: Option<&HeaderValue>,
     body: Bytes,
     started: Instant,
     charge: &mut Option<Reservation>,
@@ -599,6 +615,7 @@ async fn forward(
                 axum::http::Method::POST,
                 path.clone(),
                 headers,
+                credential,
                 body.clone(),
             )
             .await;

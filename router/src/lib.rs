@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod idempotency;
 pub mod limits;
+pub mod pod_token;
 pub mod proxy;
 pub mod stats;
 pub mod table;
@@ -63,9 +64,15 @@ pub struct Args {
     /// router accepts every request.
     #[arg(long, env = "FERRY_API_KEYS_SECRET")]
     pub api_keys_secret: Option<String>,
-    /// Namespace of the API key Secret.
+    /// Namespace of the API key Secret and of the pod token Secret (Ferry's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub api_keys_namespace: String,
+    /// Secret (in that namespace, created by the operator's `--pod-token-secret`) holding the
+    /// master of the tokens the router shows model pods. Set it whenever the operator's is set:
+    /// its pods answer only requests with the token. Until it is read, `/ready` is 503 and so
+    /// are requests.
+    #[arg(long, env = "FERRY_POD_TOKEN_SECRET")]
+    pub pod_token_secret: Option<String>,
     /// Requests per second allowed per API key (0: no limit).
     #[arg(long, env = "FERRY_KEY_REQUESTS_PER_SECOND", default_value_t = 0.0)]
     pub key_requests_per_second: f64,
@@ -203,6 +210,15 @@ pub async fn serve_cluster(
             args.api_keys_namespace.clone(),
             secret.clone(),
             app.access.clone(),
+        ));
+    }
+    if let Some(secret) = &args.pod_token_secret {
+        app.pod_token.expect();
+        tokio::spawn(pod_token::watch(
+            client.clone(),
+            args.api_keys_namespace.clone(),
+            secret.clone(),
+            app.pod_token.clone(),
         ));
     }
     let discovery = tokio::spawn(discovery::run(

@@ -187,6 +187,7 @@ impl UpstreamClient {
         method: Method,
         path_and_query: PathAndQuery,
         headers: &HeaderMap,
+        credential: Option<&HeaderValue>,
         body: Bytes,
     ) -> Result<Response<PodBody>, UpstreamError> {
         let mut request = Request::new(Full::new(body));
@@ -206,6 +207,10 @@ impl UpstreamClient {
             {
                 forwarded.append(name, value.clone());
             }
+        }
+        // The router's own token for this deployment's pods, when pods require one.
+        if let Some(credential) = credential {
+            forwarded.insert(header::AUTHORIZATION, credential.clone());
         }
         let key = (self.id, pod.addr);
         loop {
@@ -239,6 +244,7 @@ impl UpstreamClient {
                 Method::GET,
                 PathAndQuery::from_static(path),
                 &HeaderMap::new(),
+                None,
                 Bytes::new(),
             )
             .await?;
@@ -685,7 +691,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn client_credentials_never_reach_a_pod() {
+    async fn client_credentials_never_reach_a_pod_the_routers_token_does() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -715,6 +721,7 @@ mod tests {
                 Method::POST,
                 PathAndQuery::from_static("/v1/chat/completions"),
                 &headers,
+                Some(&HeaderValue::from_static("Bearer pod-token")),
                 Bytes::from_static(b"{}"),
             )
             .await
@@ -722,7 +729,11 @@ mod tests {
         let _ = response.into_body().collect().await;
         let request = seen.await.unwrap();
         assert!(request.contains("x-request-id: abc"), "{request}");
-        assert!(!request.contains("authorization"), "{request}");
+        assert!(
+            request.contains("authorization: bearer pod-token"),
+            "only the router's own token reaches the pod: {request}"
+        );
+        assert_eq!(request.matches("authorization").count(), 1, "{request}");
         assert!(!request.contains("sk-secret"), "{request}");
         assert!(!request.contains("cookie"), "{request}");
     }

@@ -63,6 +63,14 @@ pub struct Args {
     /// File with one accepted API key per line; without it, no key is needed.
     #[arg(long, env = "FERRY_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
+    /// SHA-256 (hex) of an accepted key (repeatable; comma-separated in the environment
+    /// variable): the operator hands each pod the digest of the router's token, never the token.
+    #[arg(
+        long = "api-key-sha256",
+        env = "FERRY_API_KEY_SHA256",
+        value_delimiter = ','
+    )]
+    pub api_key_sha256: Vec<String>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "FERRY_DRAIN_SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,

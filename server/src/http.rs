@@ -47,7 +47,8 @@ pub struct Inner {
     max_body_bytes: usize,
     body_timeout: Duration,
     max_messages: usize,
-    api_keys: Option<HashSet<String>>,
+    /// SHA-256 digests of the accepted keys (`None`: no key needed).
+    api_keys: Option<Vec<[u8; 32]>>,
     fault_latency: Duration,
     fault_first_token_delay: Duration,
     fault_error_rate: f64,
@@ -67,25 +68,28 @@ impl AppState {
         let metrics = Metrics::new(&args.served_model_name, &args.model_version);
         let admission =
             Admission::new(args.max_num_seqs, args.max_queue, Box::new(metrics.clone()));
-        let api_keys = match &args.api_keys_file {
-            None => None,
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("--api-keys-file {}: {e}", path.display()))?;
-                let keys: HashSet<String> = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from)
-                    .collect();
-                anyhow::ensure!(
-                    !keys.is_empty(),
-                    "--api-keys-file {} holds no key",
-                    path.display()
-                );
-                Some(keys)
-            }
-        };
+        let mut digests = Vec::new();
+        if let Some(path) = &args.api_keys_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--api-keys-file {}: {e}", path.display()))?;
+            let keys: HashSet<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .collect();
+            anyhow::ensure!(
+                !keys.is_empty(),
+                "--api-keys-file {} holds no key",
+                path.display()
+            );
+            digests.extend(keys.into_iter().map(digest));
+        }
+        for hex in &args.api_key_sha256 {
+            digests.push(parse_digest(hex).ok_or_else(|| {
+                anyhow::anyhow!("--api-key-sha256 {hex:?} is not 64 hexadecimal digits")
+            })?);
+        }
+        let api_keys = (!digests.is_empty()).then_some(digests);
         anyhow::ensure!(
             (0.0..=1.0).contains(&args.fault_error_rate),
             "--fault-error-rate must be between 0 and 1"
@@ -192,7 +196,7 @@ async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> R
         let given = digest(given);
         let ok = keys
             .iter()
-            .fold(false, |ok, k| ok | constant_time_eq(&digest(k), &given));
+            .fold(false, |ok, k| ok | constant_time_eq(k, &given));
         if !ok {
             state
                 .metrics
@@ -208,6 +212,19 @@ async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> R
 fn digest(key: &str) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     Sha256::digest(key.as_bytes()).into()
+}
+
+/// A SHA-256 digest written as 64 hexadecimal digits.
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {

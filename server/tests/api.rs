@@ -544,6 +544,41 @@ async fn api_keys_are_required_when_configured() {
 }
 
 #[tokio::test]
+async fn a_key_given_as_its_digest_is_accepted_and_the_digest_itself_is_not() {
+    let token = ferry_contract::pod_token::derive(b"master", "team-a", "chat");
+    let digest = ferry_contract::pod_token::digest(&token);
+    let s = tiny(&["--api-key-sha256", &digest]).await;
+    let models = |key: String| s.client.get(s.url("/v1/models")).bearer_auth(key).send();
+    assert_eq!(models(token.clone()).await.unwrap().status(), 200);
+    expect_error(models(digest).await.unwrap(), 401, "invalid_api_key").await;
+    let other = ferry_contract::pod_token::derive(b"master", "team-b", "chat");
+    expect_error(models(other).await.unwrap(), 401, "invalid_api_key").await;
+}
+
+#[tokio::test]
+async fn a_malformed_key_digest_is_refused_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-server"))
+        .args([
+            "--model-path",
+            "/nonexistent",
+            "--served-model-name",
+            "tiny",
+            "--port",
+            "0",
+            "--api-key-sha256",
+            "abc",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--api-key-sha256 \"abc\" is not 64 hexadecimal digits"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn overload_gets_429_with_retry_after_and_everything_else_completes() {
     let s = tiny(&["--max-num-seqs", "1", "--max-queue", "1"]).await;
     let requests = (0..12).map(|i| {

@@ -3,7 +3,8 @@
 //!
 //! The pods are real API objects that no kubelet runs (an unknown `schedulerName` keeps them
 //! unscheduled); the test writes their status (ready, pod IP = the backend's loopback address),
-//! as the kubelet would. Everything the router does with them is what it does in a cluster.
+//! as the kubelet would. A real ReplicaSet adopts them, so they carry the owner reference the
+//! router requires. Everything the router does with them is what it does in a cluster.
 
 #![allow(dead_code)]
 
@@ -14,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ferry_crds::LLMDeployment;
+use ferry_crds::labels::child_name;
 use ferry_e2e::{Cluster, TempNamespace};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -249,10 +252,12 @@ impl Scene {
             json!([{"version": "v1", "weight": 100}]),
         )
         .await;
-        for (i, backend) in backends.iter().enumerate() {
-            self.pod(&format!("{model}-{i}"), model, "v1", backend.addr, true)
-                .await;
-        }
+        let pods: Vec<(String, SocketAddr, bool)> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (format!("{model}-{i}"), b.addr, true))
+            .collect();
+        self.pods(model, "v1", &pods).await;
     }
 
     /// A pod of `deployment`/`version` whose address is `backend`'s, ready or not.
@@ -264,13 +269,71 @@ impl Scene {
         addr: SocketAddr,
         ready: bool,
     ) {
+        self.pods(deployment, version, &[(pod.to_string(), addr, ready)])
+            .await;
+    }
+
+    /// The pods of `deployment`/`version` (name, backend address, ready), owned as the operator's
+    /// are: the router routes only to pods whose controller is the ReplicaSet of the version's
+    /// Deployment (`{child}-{pod-template-hash}`). The pods are made first, then a real
+    /// ReplicaSet with as many replicas adopts them (the ReplicaSet controller writes the owner
+    /// references, as for any orphan that matches its selector); this waits for the adoption.
+    pub async fn pods(&self, deployment: &str, version: &str, pods: &[(String, SocketAddr, bool)]) {
+        const HASH: &str = "e2e";
+        let labels = json!({
+            "serving.ferry.dev/llmdeployment": deployment,
+            "serving.ferry.dev/version": version,
+            "pod-template-hash": HASH,
+        });
+        for (pod, addr, ready) in pods {
+            self.unowned_pod(pod, (deployment, version, HASH), *addr, *ready)
+                .await;
+        }
+        let spec = pod_spec(8000);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let replica_sets: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let name = format!("{}-{HASH}", child_name(deployment, version));
+        let object: ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": pods.len(), "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": spec}},
+        }))
+        .unwrap();
+        replica_sets
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (pod, _, _) in pods {
+            loop {
+                let owned = api.get(pod).await.unwrap().metadata.owner_references;
+                if owned.unwrap_or_default().iter().any(|o| o.name == name) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{pod} not adopted by {name}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// A pod with a version's labels and `pod-template-hash` = `hash`, that no ReplicaSet owns
+    /// (unless one whose selector it matches adopts it): what anyone allowed to create pods could
+    /// make by hand. The router must ignore it.
+    pub async fn unowned_pod(
+        &self,
+        pod: &str,
+        (deployment, version, hash): (&str, &str, &str),
+        addr: SocketAddr,
+        ready: bool,
+    ) {
+        let labels = json!({
+            "serving.ferry.dev/llmdeployment": deployment,
+            "serving.ferry.dev/version": version,
+            "pod-template-hash": hash,
+        });
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns.name);
         let object: Pod = serde_json::from_value(json!({
-            "metadata": {"name": pod, "labels": {
-                "serving.ferry.dev/llmdeployment": deployment, "serving.ferry.dev/version": version}},
-            "spec": {"schedulerName": "ferry-loopback-no-kubelet", "containers": [{
-                "name": "server", "image": "ferry-server",
-                "ports": [{"name": "http", "containerPort": addr.port()}]}]},
+            "metadata": {"name": pod, "labels": labels}, "spec": pod_spec(addr.port()),
         }))
         .unwrap();
         api.create(&PostParams::default(), &object).await.unwrap();
@@ -286,6 +349,13 @@ impl Scene {
             .await
             .unwrap();
     }
+}
+
+/// A pod spec no kubelet runs (no scheduler has this name), listening on `port`.
+fn pod_spec(port: u16) -> Value {
+    json!({"schedulerName": "ferry-loopback-no-kubelet", "containers": [{
+        "name": "server", "image": "ferry-server",
+        "ports": [{"name": "http", "containerPort": port}]}]})
 }
 
 /// The router under test, discovering through the API server.
