@@ -16,6 +16,16 @@ pub mod types {
     pub const ROLLED_BACK: &str = "RolledBack";
     /// Either resource: the spec is invalid; the message lists every violation.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Either resource, summing up the others as kstatus (Flux, Helm 4's `--wait`, `kubectl
+    /// wait`) reads them: the spec is fully realised and nothing is under way. `Unknown` while
+    /// reconciling, `False` when stalled.
+    pub const READY: &str = "Ready";
+    /// Either resource: a change is under way (pods starting, a canary or a handover, a paused
+    /// rollout, a promoted canary's rollback window); the reason says which.
+    pub const RECONCILING: &str = "Reconciling";
+    /// Either resource: it cannot progress until its spec changes (invalid spec, canary rolled
+    /// back or failed).
+    pub const STALLED: &str = "Stalled";
 }
 
 /// `True`, `False` or `Unknown`, as in every Kubernetes condition.

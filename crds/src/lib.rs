@@ -49,10 +49,26 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
                     drop_nullable(s);
                     unsigned_as_int64(s);
                 });
+                status_not_yet_observed(schema);
             }
         }
     }
     crds
+}
+
+/// A resource the operator has not reconciled yet reads back with `status: {observedGeneration:
+/// -1}` (the API server applies the default whenever `status` is absent). kstatus — Helm 4's
+/// `--wait`, Flux, kpt — counts an object without an observed generation as done at once, so a
+/// `helm install --wait` would return before the operator saw the LLMDeployment; with -1 it
+/// waits for the operator's first status, then for its `Reconciling` and `Stalled` conditions.
+fn status_not_yet_observed(root: &mut JSONSchemaProps) {
+    if let Some(status) = root.properties.as_mut().and_then(|p| p.get_mut("status")) {
+        status.default = Some(
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                serde_json::json!({"observedGeneration": -1}),
+            ),
+        );
+    }
 }
 
 /// kube-derive marks optional fields `nullable: true` and lists `null` among the values of

@@ -569,7 +569,8 @@ pub struct LLMDeploymentStatus {
     /// In-cluster OpenAI base URL for this model (the router).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Available, Progressing, Degraded, RolledBack, InvalidSpec.
+    /// Available, Progressing, Degraded, RolledBack, InvalidSpec; and Ready, Reconciling, Stalled
+    /// (the summary kstatus and Argo CD read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -394,7 +394,8 @@ fn default_gpu_resource_name() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelVersionStatus {
-    /// `Valid` (spec accepted) or `InvalidSpec` (with every violation in the message).
+    /// `Valid` (spec accepted; with every violation in the message when not); and Ready,
+    /// Reconciling, Stalled (the summary kstatus and Argo CD read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::conditions_schema")]
     pub conditions: Vec<Condition>,

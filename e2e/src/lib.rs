@@ -2,6 +2,8 @@
 //! (scripts in `e2e/cluster/`), `kubectl` as users run it, a kube-rs client, and a namespace per
 //! test that is deleted afterwards.
 
+pub mod argocd;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -408,14 +408,55 @@ async fn helm_installed_ferry_serves_survives_faults_and_rolls_out() {
     let base = format!("http://{ip}:8080");
     let http = client();
 
-    // A model: 2 pods of the tiny model, Available through the chart's operator.
-    models.apply(&tiny_version("v1", ""));
-    models.apply(&deployment("tiny", "v1", 2, ""));
+    // A model: 2 pods of the tiny model, installed as users ship them — a Helm chart of their
+    // own — with `helm install --wait`. Helm 4 waits by kstatus, which reads the operator's
+    // Reconciling condition: it returns once the model is Available and Ready, not when the
+    // objects exist.
+    let app = std::env::temp_dir().join(format!("{}-app", models.name));
+    std::fs::create_dir_all(app.join("templates")).unwrap();
+    std::fs::write(
+        app.join("Chart.yaml"),
+        "apiVersion: v2\nname: tiny-app\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("templates/model.yaml"),
+        format!(
+            "{}---\n{}",
+            tiny_version("v1", ""),
+            deployment("tiny", "v1", 2, "")
+        ),
+    )
+    .unwrap();
     let started = Instant::now();
-    llmd_until(&models, "tiny", "tiny Available", |p, _| p == "Available").await;
+    let (ok, text) = Release::helm(&[
+        "install",
+        "tiny-app",
+        app.to_str().unwrap(),
+        "-n",
+        &models.name,
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    assert!(ok, "helm install --wait of the model failed:\n{text}");
+    let waited = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&app);
+    assert_eq!(
+        jsonpath(&models, "llmd/tiny", "{.status.phase}"),
+        "Available",
+        "helm --wait returned before the model was Available"
+    );
+    assert_eq!(
+        jsonpath(
+            &models,
+            "llmd/tiny",
+            "{.status.conditions[?(@.type==\"Ready\")].status}"
+        ),
+        "True"
+    );
     println!(
-        "tiny model, 2 pods: Available after {:.1} s",
-        started.elapsed().as_secs_f64()
+        "tiny model, 2 pods: helm install --wait returned after {waited:.1} s, Available and Ready"
     );
     let models_url = format!("{base}/v1/models");
     wait_for("the router to list tiny", Duration::from_secs(10), || {

@@ -89,12 +89,22 @@ async fn reconcile_inner(
             "InvalidSpec",
             problems.join("; "),
         );
-        let (conditions, transitions) = merge(
-            &status.conditions,
-            &[invalid],
-            llmd.metadata.generation,
-            &now,
-        );
+        // Only ModelVersions missing (a GitOps sync applies them with the LLMDeployment, in any
+        // order): it waits for them, reconciling, rather than stall — `helm install --wait` and
+        // Argo CD keep waiting instead of failing. Anything else needs a spec change.
+        let missing = referenced_versions(llmd)
+            .into_iter()
+            .filter(|v| !versions.contains_key(v))
+            .count();
+        let summary = if missing == problems.len() {
+            crate::conditions::waiting("ModelVersionNotFound", invalid.message.clone())
+        } else {
+            crate::conditions::summary(status.phase.as_ref(), std::slice::from_ref(&invalid))
+        };
+        let mut wanted = vec![invalid];
+        wanted.extend(summary);
+        let (conditions, transitions) =
+            merge(&status.conditions, &wanted, llmd.metadata.generation, &now);
         status.conditions = conditions;
         apply_status(&ctx.client, llmd, current.as_ref(), &status, &ctx.metrics).await?;
         ctx.metrics

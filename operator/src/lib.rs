@@ -18,6 +18,7 @@ pub mod leader;
 pub mod metrics;
 pub mod model_version;
 pub mod plan;
+pub mod plugin;
 pub mod pod;
 pub mod pod_token;
 pub mod promql;

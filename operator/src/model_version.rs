@@ -53,9 +53,34 @@ async fn reconcile_inner(mv: &ModelVersion, ctx: &Context) -> Result<&'static st
     if let Some(seconds) = cold_start_seconds(mv, ctx) {
         status.cold_start_seconds = Some(seconds);
     }
+    // Ready/Stalled as kstatus reads them: a ModelVersion is done once validated (it is only a
+    // description; the pods belong to the LLMDeployments that use it).
+    let summary = if valid.status == ferry_crds::ConditionStatus::True {
+        [
+            Wanted::new(types::READY, true, "Valid", valid.message.clone()),
+            Wanted::new(
+                types::RECONCILING,
+                false,
+                "Valid",
+                "nothing under way".into(),
+            ),
+            Wanted::new(types::STALLED, false, "Valid", "nothing blocks it".into()),
+        ]
+    } else {
+        [
+            Wanted::new(types::READY, false, "InvalidSpec", valid.message.clone()),
+            Wanted::new(
+                types::RECONCILING,
+                false,
+                "InvalidSpec",
+                "nothing under way: it waits for a spec change".into(),
+            ),
+            Wanted::new(types::STALLED, true, "InvalidSpec", valid.message.clone()),
+        ]
+    };
     let (conditions, transitions) = merge(
         &status.conditions,
-        &[valid],
+        &[&[valid][..], &summary[..]].concat(),
         mv.metadata.generation,
         &Time(Timestamp::now()),
     );

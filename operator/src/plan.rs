@@ -267,6 +267,9 @@ pub fn plan(inputs: &Inputs, histories: &mut BTreeMap<String, History>) -> Plann
     if let Some(h) = &hold {
         crate::status::handover_status(h, WAITING_FOR_READY_PODS, &mut status, &mut conditions);
     }
+    let summary = crate::conditions::summary(status.phase.as_ref(), &conditions);
+    conditions.retain(|c| !summary.iter().any(|s| s.type_ == c.type_));
+    conditions.extend(summary);
     Planned {
         plan,
         desired,

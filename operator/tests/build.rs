@@ -543,12 +543,7 @@ fn status_follows_observed_readiness_and_replicas_follow_the_spec() {
             .iter()
             .find(|c| c.type_ == "Available")
             .unwrap();
-        assert_eq!(
-            if available.status { "True" } else { "False" },
-            case.available,
-            "{}",
-            case.spec
-        );
+        assert_eq!(available.status.as_str(), case.available, "{}", case.spec);
         assert_eq!(out.status.replicas, Some(case.replicas));
     }
 }

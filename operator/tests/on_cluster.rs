@@ -88,6 +88,16 @@ async fn llmdeployment_becomes_available_with_real_pods_and_a_second_reconcile_w
     assert_eq!(status.endpoint.as_deref(), Some("http://10.0.0.2:8080/v1"));
     assert_eq!(condition(&d, "Available").unwrap().0, "True");
     assert_eq!(condition(&d, "InvalidSpec").unwrap().0, "False");
+    // Done, as kubectl wait and Argo CD see it.
+    ns.kubectl([
+        "wait",
+        "--for=condition=Ready",
+        "llmd/chat",
+        "--timeout=10s",
+    ])
+    .ok("kubectl wait --for=condition=Ready");
+    let (argo, health) = ferry_e2e::argocd::health(&serde_json::to_value(&d).unwrap());
+    assert_eq!(argo, "Healthy", "{health}");
 
     // Children, owned by the LLMDeployment.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
@@ -134,9 +144,19 @@ async fn llmdeployment_becomes_available_with_real_pods_and_a_second_reconcile_w
         Some(mv)
     })
     .await;
+    // Argo CD's health check (the chart's script) and kstatus read it as done.
+    let (argo, message) = ferry_e2e::argocd::health(&serde_json::to_value(&mv).unwrap());
+    assert_eq!(argo, "Healthy", "{message}");
     let mv_status = mv.status.unwrap();
-    assert_eq!(mv_status.conditions[0].type_, "Valid");
-    assert_eq!(mv_status.conditions[0].status, "True");
+    for (type_, status) in [
+        ("Valid", "True"),
+        ("Ready", "True"),
+        ("Reconciling", "False"),
+        ("Stalled", "False"),
+    ] {
+        let c = mv_status.conditions.iter().find(|c| c.type_ == type_);
+        assert_eq!(c.map(|c| c.status.as_str()), Some(status), "{type_}");
+    }
     println!(
         "cold start of a tiny-model pod: {:?} s",
         mv_status.cold_start_seconds
@@ -282,6 +302,19 @@ async fn invalid_specs_are_reported_leave_workloads_running_and_recover_when_fix
     })
     .await;
     assert_eq!(d.status.as_ref().unwrap().phase, Some(Phase::Invalid));
+    // A missing ModelVersion may still come (a sync applies both, in any order): reconciling,
+    // not stalled — Progressing for Argo CD, in progress for kstatus.
+    assert_eq!(condition(&d, "Stalled").unwrap().0, "False");
+    assert_eq!(
+        condition(&d, "Reconciling").unwrap().1,
+        "ModelVersionNotFound"
+    );
+    let (argo, health) = ferry_e2e::argocd::health(&serde_json::to_value(&d).unwrap());
+    assert_eq!(argo, "Progressing", "{health}");
+    assert!(
+        health.starts_with("ModelVersionNotFound: ModelVersion"),
+        "{health}"
+    );
     let message = condition(&d, "InvalidSpec").unwrap().2;
     assert_eq!(
         message,

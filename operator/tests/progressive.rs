@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use common::{Operator, apply, llm_deployment, tiny_model_claim, wait_for};
 use ferry_crds::{LLMDeployment, Phase, RolloutState};
-use ferry_e2e::{Cluster, TempNamespace};
+use ferry_e2e::{Cluster, TempNamespace, argocd};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use tokio::net::TcpListener;
@@ -239,6 +239,11 @@ impl Setup {
             .unwrap_or_default()
     }
 
+    /// The LLMDeployment as the API server returns it (what Argo CD and kstatus read).
+    async fn object(&self, name: &str) -> serde_json::Value {
+        serde_json::to_value(self.llmds.get(name).await.expect("get the LLMDeployment")).unwrap()
+    }
+
     async fn replicas(&self, deployment: &str) -> i32 {
         self.deployments
             .get(deployment)
@@ -287,6 +292,42 @@ metadata: {{name: chat}}
 spec: {{stable: {stable}, autoscaling: {autoscaling}}}
 "
     )
+}
+
+/// Runs `kubectl ferry ARGS` (the plugin binary) against this test's cluster and namespace;
+/// returns (success, stdout + stderr).
+fn plugin(ns: &TempNamespace, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
+        .args(args)
+        .args(["-n", &ns.name, "--kubeconfig"])
+        .arg(Cluster::get().kubeconfig())
+        .output()
+        .expect("run kubectl-ferry");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `STATUS/REASON` of the condition `type_` in `object`'s status (empty when absent).
+fn condition(object: &serde_json::Value, type_: &str) -> String {
+    object["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            format!(
+                "{}/{}",
+                c["status"].as_str().unwrap_or_default(),
+                c["reason"].as_str().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default()
 }
 
 fn rollout_state(status: &ferry_crds::LLMDeploymentStatus) -> Option<(RolloutState, i32)> {
@@ -409,17 +450,51 @@ async fn a_good_canary_is_promoted_step_by_step_even_across_an_operator_restart(
         ),
     );
 
-    // Every (state, step) the status shows, in order, across a restart of the operator.
+    // Every (state, step) the status shows, in order, across a restart of the operator, with
+    // what Argo CD's health check (the chart's Lua script) and kstatus's Reconciling say then.
     let mut seen: Vec<(RolloutState, i32)> = Vec::new();
+    let mut health: Vec<(RolloutState, String, String)> = Vec::new();
     let mut restarted = false;
+    let mut paused = false;
     let started = Instant::now();
     loop {
-        let status = s.status("chat").await;
+        let object = s.object("chat").await;
+        let status: ferry_crds::LLMDeploymentStatus =
+            serde_json::from_value(object["status"].clone()).unwrap_or_default();
         if let Some(now) = rollout_state(&status)
             && seen.last() != Some(&now)
         {
-            println!("{:>6.1} s: {now:?}", started.elapsed().as_secs_f64());
+            let (argo, message) = argocd::health(&object);
+            println!(
+                "{:>6.1} s: {now:?}; Argo CD {argo} ({message}); Reconciling {}",
+                started.elapsed().as_secs_f64(),
+                condition(&object, "Reconciling")
+            );
+            health.push((now.0, argo, condition(&object, "Reconciling")));
             seen.push(now);
+        }
+        if !paused && seen.last() == Some(&(RolloutState::Analysing, 1)) {
+            // The second step, paused with `kubectl ferry pause` (it waits for the operator):
+            // Argo CD says Suspended, the plugin's status says paused; `resume` and it goes on.
+            let (ok, out) = plugin(&s.ns, &["pause", "chat"]);
+            assert!(ok, "kubectl ferry pause: {out}");
+            let object = s.object("chat").await;
+            let (argo, message) = argocd::health(&object);
+            assert_eq!(argo, "Suspended", "{message}");
+            let (ok, shown) = plugin(&s.ns, &["status", "chat"]);
+            assert!(ok, "{shown}");
+            assert!(shown.contains("Health:  paused (Paused)"), "{shown}");
+            assert!(
+                shown.contains("Canary:  v2 Analysing, step 2/2 at 50%"),
+                "{shown}"
+            );
+            println!(
+                "paused: Argo CD {argo} ({message}); Reconciling {}; kubectl ferry status:\n{shown}",
+                condition(&object, "Reconciling")
+            );
+            let (ok, out) = plugin(&s.ns, &["resume", "chat"]);
+            assert!(ok, "kubectl ferry resume: {out}");
+            paused = true;
         }
         if !restarted && seen.last() == Some(&(RolloutState::Analysing, 0)) {
             // Mid-rollout: kill the operator (no clean shutdown) and start another one.
@@ -471,9 +546,44 @@ async fn a_good_canary_is_promoted_step_by_step_even_across_an_operator_restart(
         before.get("v1"),
         "v1 still answered after the promotion: {before:?} -> {after:?}"
     );
+    // Under way until the rollback window ends, whatever the step: Progressing for Argo CD,
+    // Reconciling=True for kstatus (Flux, Helm 4's --wait).
+    for (state, argo, reconciling) in &health {
+        assert_eq!(argo, "Progressing", "{state:?}: {health:?}");
+        assert!(reconciling.starts_with("True/"), "{state:?}: {health:?}");
+    }
     // After the rollback window the previous stable is scaled to zero; the phase settles.
     s.wait_phase("chat", Phase::Available, Duration::from_secs(60))
         .await;
+    let object = s.object("chat").await;
+    let (argo, message) = argocd::health(&object);
+    assert_eq!(argo, "Healthy", "{message}");
+    assert_eq!(condition(&object, "Ready"), "True/Ready");
+    assert!(condition(&object, "Reconciling").starts_with("False/"));
+    assert!(condition(&object, "Stalled").starts_with("False/"));
+    assert_eq!(
+        object["status"]["observedGeneration"], object["metadata"]["generation"],
+        "kstatus needs the generation observed"
+    );
+    println!("after the rollback window: Argo CD {argo} ({message}); Ready True");
+    // The plugin's history: the rollout's Events in order, and the last analysis.
+    let (ok, history) = plugin(&s.ns, &["history", "chat"]);
+    assert!(ok, "{history}");
+    assert!(history.contains("Rollout of v2 (from v1"), "{history}");
+    assert!(history.contains("Last analysis: "), "{history}");
+    // Oldest first, to the event: each step, then Promoting, then Promoted.
+    let at = |needle: &str| {
+        history
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in the history:\n{history}"))
+    };
+    assert!(
+        at("at 20% of traffic") < at("at 50% of traffic"),
+        "{history}"
+    );
+    assert!(at("at 50% of traffic") < at(" Promoting "), "{history}");
+    assert!(at(" Promoting ") < at(" Promoted "), "{history}");
+    println!("kubectl ferry history:\n{history}");
     wait_for("v1 scaled to 0", Duration::from_secs(30), || async {
         (s.replicas("chat-v1").await == 0).then_some(())
     })
@@ -484,6 +594,68 @@ async fn a_good_canary_is_promoted_step_by_step_even_across_an_operator_restart(
         failed, 0,
         "client requests failed during the rollout: {last}"
     );
+    s.cleanup();
+}
+
+/// `kubectl ferry abort` rolls a canary back at once, with reason `Aborted`, and takes its
+/// annotation away again so that the next canary is not aborted too; a verb with no canary under
+/// way is refused in plain words; Argo CD shows Degraded until the spec changes.
+#[tokio::test]
+async fn kubectl_ferry_aborts_a_canary_and_refuses_when_there_is_none() {
+    let s = setup("pd-abort").await;
+    let _operator = s.operator("op", &[]);
+    apply(&s.ns, &model_version("v1", "[]"));
+    apply(&s.ns, &model_version("v2", "[]"));
+    s.serve_stable("v1").await;
+    let (ok, refused) = plugin(&s.ns, &["abort", "chat"]);
+    assert!(!ok);
+    assert!(refused.contains("has no canary under way"), "{refused}");
+    let (ok, missing) = plugin(&s.ns, &["status", "nope"]);
+    assert!(!ok);
+    assert!(
+        missing.contains("no LLMDeployment \"nope\" in namespace"),
+        "{missing}"
+    );
+    apply(
+        &s.ns,
+        &with_canary(
+            "{version: v2, steps: [{weight: 50, pauseSeconds: 600}], \
+             analysis: {intervalSeconds: 3, minRequests: 3, failureLimit: 2}}",
+            "{latencyP95Ms: 5000}",
+        ),
+    );
+    wait_for(
+        "the canary to take traffic",
+        Duration::from_secs(120),
+        || async {
+            let state = rollout_state(&s.status("chat").await)?;
+            (state.0 == RolloutState::Analysing).then_some(())
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let (ok, out) = plugin(&s.ns, &["abort", "chat"]);
+    assert!(ok, "kubectl ferry abort: {out}");
+    println!(
+        "kubectl ferry abort returned after {:.1} s:\n{out}",
+        started.elapsed().as_secs_f64()
+    );
+    let object = s.object("chat").await;
+    assert_eq!(
+        object["metadata"]["annotations"]["serving.ferry.dev/abort"],
+        serde_json::Value::Null,
+        "the abort annotation was left behind"
+    );
+    let status = s.status("chat").await;
+    assert_eq!(status.phase, Some(Phase::RolledBack));
+    assert_eq!(status.traffic.len(), 1);
+    assert_eq!(status.traffic[0].version, "v1");
+    let (argo, message) = argocd::health(&object);
+    assert_eq!(argo, "Degraded", "{message}");
+    assert!(message.starts_with("Aborted: "), "{message}");
+    let (ok, history) = plugin(&s.ns, &["history", "chat"]);
+    assert!(ok, "{history}");
+    println!("after abort: Argo CD {argo} ({message})\nkubectl ferry history:\n{history}");
     s.cleanup();
 }
 
@@ -558,6 +730,17 @@ async fn a_slow_canary_is_rolled_back_within_the_failure_limit_and_no_request_fa
     assert_eq!(rolled_back.traffic.len(), 1);
     assert_eq!(rolled_back.traffic[0].version, "v1");
     assert_eq!(rolled_back.stable_version.as_deref(), Some("v1"));
+    // Stalled until the spec changes: Degraded for Argo CD, a failure for kstatus.
+    let object = s.object("chat").await;
+    let (argo, message) = argocd::health(&object);
+    assert_eq!(argo, "Degraded", "{message}");
+    assert!(
+        message.starts_with("SloBreached: canary v2-slow"),
+        "{message}"
+    );
+    assert_eq!(condition(&object, "Stalled"), "True/SloBreached");
+    assert_eq!(condition(&object, "Ready"), "False/SloBreached");
+    println!("rolled back: Argo CD {argo} ({message})");
     let record = rolled_back.rollout.clone().unwrap();
     assert_eq!(record.state, RolloutState::RolledBack);
     let message = record.message.unwrap();
