@@ -1,7 +1,7 @@
 //! The CRDs on a real, current API server: they install with `kubectl apply` and with Helm,
 //! examples round-trip unchanged, `kubectl get` shows the printer columns, the scale subresource
 //! works, every invalid manifest is refused by the API server (schema or CEL) with its documented
-//! message, and a ModelVersion's spec cannot change.
+//! message, a ModelVersion's spec cannot change, and the chart's Argo CD health patch applies.
 
 use std::path::{Path, PathBuf};
 
@@ -508,4 +508,38 @@ fn crds_install_with_plain_kubectl_apply_and_with_helm_server_side_apply() {
     waited.ok("the copies are Established");
     let managers = managers.ok("managed fields");
     assert!(managers.contains("helm/Apply"), "{managers}");
+}
+
+/// The README's Argo CD step works as written: `kubectl patch --patch-file` of the chart's file
+/// into an `argocd-cm` ConfigMap gives it the health check of both kinds (the YAML alias
+/// resolved), the very script the operator tests run against real statuses.
+#[test]
+fn the_argo_cd_health_patch_applies_with_kubectl() {
+    let ns = Cluster::get().temp_namespace("argocd");
+    ns.kubectl([
+        "create",
+        "configmap",
+        "argocd-cm",
+        "--from-literal=url=https://argocd.example",
+    ])
+    .ok("create argocd-cm");
+    let patch = repo_root().join(ferry_e2e::argocd::PATCH);
+    ns.kubectl([
+        "patch",
+        "configmap",
+        "argocd-cm",
+        "--type",
+        "merge",
+        "--patch-file",
+        patch.to_str().unwrap(),
+    ])
+    .ok("kubectl patch --patch-file");
+    let data = &get_json(&ns, "configmap", "argocd-cm")["data"];
+    let key = |kind: &str| format!("resource.customizations.health.serving.ferry.dev_{kind}");
+    let llmd = data[key("LLMDeployment")]
+        .as_str()
+        .expect("LLMDeployment health");
+    assert_eq!(data[key("ModelVersion")].as_str(), Some(llmd));
+    assert!(llmd.contains("hs.status = \"Suspended\""), "{llmd}");
+    assert_eq!(data["url"], "https://argocd.example", "other keys kept");
 }
