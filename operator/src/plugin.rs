@@ -8,6 +8,8 @@ use ferry_crds::{AnalysisResult, LLMDeployment, RolloutState};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 
+use crate::rollout;
+
 /// A verb that steers a rollout through the LLMDeployment's annotations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {
@@ -57,22 +59,20 @@ impl Control {
         }
     }
 
-    /// Before a one-shot verb: refuse it when no canary is under way (it would linger and hit
-    /// the next one).
+    /// Before a verb: refuse it when the operator would not act on it (it would linger and hit
+    /// the next canary) — the operator's own rule: pause and promote before `Promoting`, abort
+    /// while the rollout runs or within its rollback window.
     pub fn check(self, llmd: &LLMDeployment) -> Result<(), String> {
-        let state = llmd
-            .status
-            .as_ref()
-            .and_then(|s| s.rollout.as_ref())
-            .map(|r| r.state);
-        let running = matches!(
-            state,
-            Some(RolloutState::Starting | RolloutState::Analysing | RolloutState::Promoting)
-        );
-        match self {
-            Control::Promote | Control::Abort | Control::Pause if !running => Err(no_canary(llmd)),
-            _ => Ok(()),
-        }
+        let record = llmd.status.as_ref().and_then(|s| s.rollout.as_ref());
+        let acts = match (self, record) {
+            (Control::Resume, _) => true,
+            (_, None) => false,
+            (Control::Pause | Control::Promote, Some(r)) => rollout::steerable(r.state),
+            (Control::Abort, Some(r)) => {
+                rollout::abortable(&llmd.spec, r, k8s_openapi::jiff::Timestamp::now())
+            }
+        };
+        if acts { Ok(()) } else { Err(no_canary(llmd)) }
     }
 }
 
@@ -361,6 +361,26 @@ mod tests {
             Some(serde_json::json!({"metadata": {"annotations": {ANNOTATION_ABORT: null}}}))
         );
         assert_eq!(Control::Pause.clear(), None);
+        // The operator's rule: abort also within a promotion's rollback window; pause and
+        // promote no longer once the canary is promoting.
+        let mut promoted = analysing();
+        promoted["rollout"]["state"] = "Promoted".into();
+        promoted["rollout"]["finishedAt"] = k8s_openapi::jiff::Timestamp::now().to_string().into();
+        let mut in_window = llmd(promoted, serde_json::json!({}));
+        in_window
+            .spec
+            .canary
+            .as_mut()
+            .unwrap()
+            .rollback_window_seconds = 600;
+        assert_eq!(Control::Abort.check(&in_window), Ok(()));
+        assert!(Control::Pause.check(&in_window).is_err());
+        let mut promoting = analysing();
+        promoting["rollout"]["state"] = "Promoting".into();
+        let promoting = llmd(promoting, serde_json::json!({}));
+        assert!(Control::Pause.check(&promoting).is_err());
+        assert!(Control::Promote.check(&promoting).is_err());
+        assert_eq!(Control::Abort.check(&promoting), Ok(()));
         assert_eq!(
             Control::Resume.patch(),
             serde_json::json!({"metadata": {"annotations": {ANNOTATION_PAUSE: null}}})

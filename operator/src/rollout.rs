@@ -20,6 +20,19 @@ use ferry_crds::labels::{ANNOTATION_ABORT, ANNOTATION_PAUSE, ANNOTATION_PROMOTE}
 use ferry_crds::{AnalysisResult, Canary, LLMDeploymentSpec, RolloutState, RolloutStatus, Verdict};
 use k8s_openapi::jiff::Timestamp;
 
+/// Whether `pause` and `promote` act on a rollout in `state`: before it is promoting.
+pub fn steerable(state: RolloutState) -> bool {
+    matches!(state, RolloutState::Starting | RolloutState::Analysing)
+}
+
+/// Whether `abort` acts on rollout `r`: while it runs, or promoted within its rollback window.
+pub fn abortable(spec: &LLMDeploymentSpec, r: &RolloutStatus, now: Timestamp) -> bool {
+    matches!(
+        r.state,
+        RolloutState::Starting | RolloutState::Analysing | RolloutState::Promoting
+    ) || in_rollback_window(spec, r, now)
+}
+
 /// Manual control of a rollout through annotations of the LLMDeployment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Controls {
@@ -219,8 +232,7 @@ pub fn advance(
     let steps = canary.steps.len().max(1) as i32;
     let mut requeue = None;
 
-    let windowed = in_rollback_window(spec, &r, now);
-    if controls.abort && (active || windowed) {
+    if controls.abort && abortable(spec, &r, now) {
         finish(
             &mut r,
             now,
@@ -233,7 +245,7 @@ pub fn advance(
             requeue: None,
         };
     }
-    if controls.pause && matches!(r.state, RolloutState::Starting | RolloutState::Analysing) {
+    if controls.pause && steerable(r.state) {
         // A paused rollout waits for no evidence: its progress deadline starts again on resume.
         if r.state == RolloutState::Analysing {
             r.last_conclusive_at = Some(timestamp(now));
@@ -244,7 +256,7 @@ pub fn advance(
             requeue: None,
         };
     }
-    if controls.promote && matches!(r.state, RolloutState::Starting | RolloutState::Analysing) {
+    if controls.promote && steerable(r.state) {
         r.state = RolloutState::Promoting;
         r.step_started_at = Some(timestamp(now));
         notes.push(Note {
