@@ -375,6 +375,48 @@ async fn a_killed_backend_is_retried_on_another_pod() {
     assert_eq!(body["error"]["code"], "upstream_unreachable");
 }
 
+/// A version whose pods all refuse connections while the API server still lists them ready (a
+/// rolled-back canary whose pods stopped before the router saw them go): its share goes to the
+/// other version and no request fails, since none of them reached a pod. The spill is counted as
+/// a retry of the version that lost it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_for_a_version_whose_pods_are_gone_go_to_the_other_version() {
+    let scene = Scene::new("router-gone").await;
+    let (v1, mut v2) = (
+        Backend::start("gone", "v1", &[]).await,
+        Backend::start("gone", "v2", &[]).await,
+    );
+    scene
+        .deployment(
+            "gone",
+            "gone",
+            json!({"stable": "v1"}),
+            json!([{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}]),
+        )
+        .await;
+    scene.pod("gone-v1", "gone", "v1", v1.addr, true).await;
+    scene.pod("gone-v2", "gone", "v2", v2.addr, true).await;
+    let router = Router::start(&scene, &["--scrape-interval-ms", "0"]).await;
+    router.wait_routable("gone").await;
+    let before = count_by(&router, 40, 4, "x-ferry-version", |_| {
+        chat("gone", json!({}))
+    })
+    .await;
+    assert!(before.contains_key("v2"), "{before:?}");
+
+    v2.kill();
+    let after = count_by(&router, 100, 4, "x-ferry-version", |_| {
+        chat("gone", json!({}))
+    })
+    .await;
+    assert_eq!(after.get("v1"), Some(&100), "{after:?}");
+    let metrics = router.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("ferry_router_retries_total{model=\"gone\",version=\"v2\"}"),
+        "spills counted:\n{metrics}"
+    );
+}
+
 /// A pod whose network disappears while requests wait on it (no FIN, no RST, no answer: what a
 /// pod whose network is torn down before its process exits looks like): the router finds those
 /// connections dead (TCP keepalive) within seconds, and answers them 502 with Retry-After rather

@@ -390,12 +390,16 @@ async fn handle(
             .map(str::to_string),
         Sticky::ApiKey => key_id.clone(),
     };
-    // A spill (every pod of the chosen version draining: a rolled-back canary, a scale-down)
-    // chooses once more: those pods are now skipped, so the table gives another version.
+    // A spill (no pod of the chosen version took the request: all draining or gone, as for a
+    // rolled-back canary or a scale-down the router has not seen yet) chooses once more: those
+    // pods are now skipped, so the table gives another version.
     let mut spill = true;
+    let mut chosen = None;
     let response = loop {
-        let (backend, route_model, credential) =
-            wait_for_backend(app, &model, started, &sticky_key).await?;
+        let (backend, route_model, credential) = match chosen.take() {
+            Some(chosen) => chosen,
+            None => wait_for_backend(app, &model, started, &sticky_key, true).await?,
+        };
         let series = SeriesKey {
             model: route_model,
             version: backend.version.clone(),
@@ -415,7 +419,24 @@ async fn handle(
         )
         .await?;
         match forwarded {
-            Forwarded::Spill => spill = false,
+            Forwarded::Spill(None) => spill = false,
+            Forwarded::Spill(Some(unreached)) => {
+                spill = false;
+                // Taken elsewhere only if another pod can take it now; else the 502 stands.
+                match wait_for_backend(app, &model, started, &sticky_key, false).await {
+                    Ok(next) => chosen = Some(next),
+                    Err(_) => {
+                        return Err(upstream_failed(
+                            app,
+                            &series,
+                            charge.take(),
+                            started,
+                            unreached.attempts,
+                            unreached.last_error,
+                        ));
+                    }
+                }
+            }
             answer => break answer,
         }
     };
@@ -427,7 +448,7 @@ async fn handle(
         }
         (None, Forwarded::Whole(stored)) => whole(stored),
         (_, Forwarded::Stream(response)) => response,
-        (_, Forwarded::Spill) => unreachable!("a spill is answered by choosing again"),
+        (_, Forwarded::Spill(_)) => unreachable!("a spill is answered by choosing again"),
     })
 }
 
@@ -508,12 +529,14 @@ async fn read_body(
         )))
 }
 
-/// The backend for `model`, waiting up to the hold time for one with a ready pod.
+/// The backend for `model`, waiting up to the hold time for one with a ready pod (with `hold`;
+/// without, a 503 at once when there is none).
 async fn wait_for_backend(
     app: &App,
     model: &str,
     started: Instant,
     sticky_key: &(dyn Fn(&Sticky) -> Option<String> + Sync),
+    hold: bool,
 ) -> Result<(Backend, String, Option<HeaderValue>), RouterError> {
     let mut table = app.table.clone();
     let deadline = started + app.settings.hold;
@@ -541,6 +564,13 @@ async fn wait_for_backend(
                 });
             }
             None => {}
+        }
+        if !hold {
+            return Err(RouterError::NoReadyPod {
+                model: model.to_string(),
+                waited_s: 0,
+                retry_after: 5,
+            });
         }
         if held.is_none() && snapshot.routes.contains_key(model) {
             // Only so many requests wait at once; past that, the answer comes at once.
@@ -570,9 +600,16 @@ async fn wait_for_backend(
 enum Forwarded {
     Whole(Stored),
     Stream(Response),
-    /// Every pod of the version answered 503 (draining) before generating anything: choose
-    /// again (only when `forward` was allowed to spill).
-    Spill,
+    /// No pod of the version took the request (only when `forward` was allowed to spill): choose
+    /// again. Every pod draining (503): `None`, the request may wait for a pod. Pods that could
+    /// not be reached: what to answer when no other pod can take the request at once.
+    Spill(Option<Unreached>),
+}
+
+/// Pods tried that never received the request.
+struct Unreached {
+    attempts: usize,
+    last_error: String,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -654,7 +691,7 @@ async fn forward(
         if status == StatusCode::SERVICE_UNAVAILABLE && spill && !more_pods {
             endpoint.eject(now_ms(), app.settings.eject.as_millis() as u64);
             if backend.endpoints.iter().all(|e| e.is_ejected(now_ms())) {
-                return Ok(Forwarded::Spill);
+                return Ok(Forwarded::Spill(None));
             }
         }
         let (parts, response_body) = response.into_parts();
@@ -731,6 +768,20 @@ async fn forward(
             headers: out_headers,
             body,
         }));
+    }
+    // Every pod tried refused the connection or answered 503: none has the request, so it may
+    // go to another version (a canary whose pods stopped before the router saw them go).
+    if spill {
+        for endpoint in backend.endpoints.iter().filter(|e| tried.contains(&e.addr)) {
+            endpoint.eject(now_ms(), app.settings.eject.as_millis() as u64);
+        }
+        app.retried
+            .with_label_values(&[&series.model, &series.version])
+            .inc();
+        return Ok(Forwarded::Spill(Some(Unreached {
+            attempts: tried.len(),
+            last_error,
+        })));
     }
     Err(upstream_failed(
         app,

@@ -71,7 +71,8 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub api_key_sha256: Vec<String>,
-    /// Seconds in-flight requests get to finish after SIGTERM.
+    /// Seconds in-flight requests get to finish after SIGTERM. New requests get 503 meanwhile,
+    /// and the port stays open at least 2 s (within this) so routers can take them elsewhere.
     #[arg(long, env = "FERRY_DRAIN_SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,
     /// Where the model runs: cpu or cuda:N (CUDA needs the `cuda` build).

@@ -58,6 +58,9 @@ fn init_logging(format: config::LogFormat) {
     }
 }
 
+/// How long a stopping server keeps its port open at least (within `--drain-seconds`).
+const UNROUTE_GRACE: Duration = Duration::from_secs(2);
+
 /// Binds the configured address and serves until SIGTERM/SIGINT, then drains.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
@@ -127,7 +130,13 @@ pub async fn serve_engine(
             "shutting down: not ready, draining in-flight requests"
         );
         admission.close();
-        let idle = admission.wait_idle(drain).await;
+        // Even when idle, the pod keeps answering (503) a moment: routers learn of its deletion
+        // over a watch, and a request sent before then is better refused with a 503 they can take
+        // elsewhere than by a closed port.
+        let (idle, ()) = tokio::join!(
+            admission.wait_idle(drain),
+            tokio::time::sleep(UNROUTE_GRACE.min(drain))
+        );
         info!(idle, "drain finished");
         let _ = drained_tx.send(());
     };

@@ -680,6 +680,30 @@ async fn shutdown_stops_admitting_and_drains_in_flight_streams() {
         .unwrap();
 }
 
+/// An idle server told to stop does not close its port at once: a router that has not yet seen
+/// the pod go may still send it requests, and a 503 (taken to another pod) is what they get for
+/// a moment, not a refused connection. Then it exits, long before `--drain-seconds`.
+#[tokio::test]
+async fn a_stopping_idle_server_answers_503_a_moment_before_closing_its_port() {
+    let mut s = tiny(&["--drain-seconds", "30"]).await;
+    s.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // A new connection, as a router opens to a pod it has no idle connection to.
+    let fresh = reqwest::Client::new();
+    let r = fresh
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body("late", json!({"max_tokens": 3})))
+        .send()
+        .await
+        .expect("the port is still open");
+    expect_error(r, 503, "unavailable").await;
+    tokio::time::timeout(Duration::from_secs(10), s.handle)
+        .await
+        .expect("an idle server exits within seconds, not after the whole drain")
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn logprobs_and_min_tokens() {
     let s = tiny(&[]).await;
