@@ -39,23 +39,34 @@ async fn count_by(
     counts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn weighted_split_holds_within_two_percent_over_10k_requests() {
-    let scene = Scene::new("router-split").await;
+/// LLMDeployment `name` (serving model `name`) with v1 (stable) and v2 at `weights`, one ready
+/// pod each; the backends serve while they live.
+async fn two_versions(scene: &Scene, name: &str, weights: (u32, u32)) -> (Backend, Backend) {
     let (v1, v2) = (
-        Backend::start("split", "v1", &[]).await,
-        Backend::start("split", "v2", &[]).await,
+        Backend::start(name, "v1", &[]).await,
+        Backend::start(name, "v2", &[]).await,
     );
     scene
         .deployment(
-            "split",
-            "split",
+            name,
+            name,
             json!({"stable": "v1"}),
-            json!([{"version": "v1", "weight": 70}, {"version": "v2", "weight": 30}]),
+            json!([{"version": "v1", "weight": weights.0}, {"version": "v2", "weight": weights.1}]),
         )
         .await;
-    scene.pod("split-v1", "split", "v1", v1.addr, true).await;
-    scene.pod("split-v2", "split", "v2", v2.addr, true).await;
+    scene
+        .pod(&format!("{name}-v1"), name, "v1", v1.addr, true)
+        .await;
+    scene
+        .pod(&format!("{name}-v2"), name, "v2", v2.addr, true)
+        .await;
+    (v1, v2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weighted_split_holds_within_two_percent_over_10k_requests() {
+    let scene = Scene::new("router-split").await;
+    let (_v1, _v2) = two_versions(&scene, "split", (70, 30)).await;
     let router = Router::start(&scene, &[]).await;
     router.wait_routable("split").await;
     let before = router.stats("5m").await;
@@ -382,20 +393,7 @@ async fn a_killed_backend_is_retried_on_another_pod() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_for_a_version_whose_pods_are_gone_go_to_the_other_version() {
     let scene = Scene::new("router-gone").await;
-    let (v1, mut v2) = (
-        Backend::start("gone", "v1", &[]).await,
-        Backend::start("gone", "v2", &[]).await,
-    );
-    scene
-        .deployment(
-            "gone",
-            "gone",
-            json!({"stable": "v1"}),
-            json!([{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}]),
-        )
-        .await;
-    scene.pod("gone-v1", "gone", "v1", v1.addr, true).await;
-    scene.pod("gone-v2", "gone", "v2", v2.addr, true).await;
+    let (_v1, mut v2) = two_versions(&scene, "gone", (50, 50)).await;
     let router = Router::start(&scene, &["--scrape-interval-ms", "0"]).await;
     router.wait_routable("gone").await;
     let before = count_by(&router, 40, 4, "x-ferry-version", |_| {
