@@ -82,6 +82,11 @@ done
 step "Installing (or updating) Ferry's CRDs (charts/ferry/crds; helm installs CRDs but never updates them)"
 kubectl apply -f charts/ferry/crds/ | sed 's/^/  /'
 
+# The chart renders its Roles in the watched namespace (watchNamespace), so it exists first: on a
+# fresh machine the install otherwise fails (namespaces "ferry-demo" not found), and an operator
+# started before its Roles would wait out its watchers' backoff.
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+
 step "helm install ferry charts/ferry (CRDs, operator x2 with leader election, router, RBAC, dashboard)"
 helm upgrade --install ferry charts/ferry -n ferry-system --create-namespace \
   --set images.server.repository="${IMG_SERVER%:*}",images.server.tag="${IMG_SERVER##*:}" \
@@ -92,7 +97,6 @@ helm upgrade --install ferry charts/ferry -n ferry-system --create-namespace \
 kubectl get deploy,svc,pods -n ferry-system
 
 step "Applying manifests/quickstart.yaml (a ModelVersion and an LLMDeployment) in namespace $NS"
-kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 # A rerun tells the story from the start: the LLMDeployment of an earlier run goes first.
 kubectl delete llmd smollm2 -n "$NS" --ignore-not-found --wait=true
 kubectl apply -n "$NS" -f manifests/quickstart.yaml
