@@ -12,6 +12,7 @@
 # The build goes to $FERRY_CACHE/cuda-target (the workspace's own target/ stays the CPU build).
 # Prints the path of the zstd-compressed binary to carry to the GPU machine.
 #   bash bench/cuda-build.sh
+#   bash bench/cuda-build.sh --toolkit   only the toolkit and the stub; prints CUDA_HOME
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${FERRY_CACHE:-$HOME/.cache/ferry}
@@ -58,6 +59,8 @@ if [ ! -f "$STUB" ]; then
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$STUB" "$STUB.c"
   echo "cuda-build: stub libcuda.so.1 with $(wc -l < "$STUB.c") driver functions" >&2
 fi
+
+if [ "${1:-}" = --toolkit ]; then echo "$CUDA"; exit 0; fi
 
 export CARGO_TARGET_DIR=$CACHE/cuda-target
 start=$(date +%s)

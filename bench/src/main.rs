@@ -47,6 +47,11 @@ struct SweepArgs {
     /// Requests at each level, per endpoint.
     #[arg(long, default_value_t = 64)]
     requests_per_level: usize,
+    /// At least this many requests per client at each level (a level sends the larger of
+    /// `--requests-per-level` and rounds x concurrency), so high levels are measured as long as
+    /// low ones without making concurrency 1 take minutes.
+    #[arg(long, default_value_t = 0)]
+    rounds: usize,
     /// Do not send `ignore_eos`/`min_tokens` (for servers without Ferry's fixed-length
     /// extension; the table then reports the lengths the server chose).
     #[arg(long)]
@@ -104,7 +109,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let total = (args.concurrency.len() * targets.len() * args.requests_per_level) as u64;
+    let requests = |c: usize| args.requests_per_level.max(args.rounds * c);
+    let total =
+        (args.concurrency.iter().map(|&c| requests(c)).sum::<usize>() * targets.len()) as u64;
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} requests  {msg}")?
             .progress_chars("=> "),
@@ -114,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
         for target in &targets {
             bar.set_message(format!("{} at concurrency {c}", target.name));
             let done = || bar.inc(1);
-            levels.push(run::level(&http, target, &work, c, args.requests_per_level, &done).await);
+            levels.push(run::level(&http, target, &work, c, requests(c), &done).await);
         }
     }
     bar.finish_and_clear();

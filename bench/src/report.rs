@@ -171,7 +171,7 @@ impl Sweep {
                 }
             }
             None => eprintln!(
-                "ferry-bench: no plots: DejaVu Sans not found (Debian: apt-get install fonts-dejavu-core)"
+                "ferry-bench: no plots: DejaVu Sans not found (Debian: apt-get install fonts-dejavu-core; or FERRY_BENCH_FONT=FILE.ttf)"
             ),
         }
         Ok(written)
@@ -241,7 +241,11 @@ impl Sweep {
 fn font() -> Option<()> {
     static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
-        let Ok(bytes) = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf") else {
+        // FERRY_BENCH_FONT: any TrueType font (machines without Debian's fonts-dejavu-core, e.g.
+        // matplotlib's copy of DejaVu Sans on the GPU machine).
+        let path = std::env::var_os("FERRY_BENCH_FONT")
+            .unwrap_or_else(|| "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into());
+        let Ok(bytes) = std::fs::read(path) else {
             return false;
         };
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());

@@ -46,14 +46,16 @@ mkimage() {
 # --- mode "bin": image from a host binary (e.g. the operator built with cargo) + the shared libs ldd lists ---
 #   images.sh bin /path/to/binary localhost/my-operator:dev [extra files...]
 #   -> $IMG/<name>.oci.tar, imported into containerd (k8s.io) right away when $CSOCK exists
+#   IMAGE_ROOT=DIR adds DIR's tree to the image; IMAGE_ENV='"K=V","K2=V2"' adds environment.
 if [ "${1:-}" = bin ]; then
   BIN=$2; REF=$3; shift 3
   R=$(mktemp -d $IMG/rootfs.XXXXXX); mkdir -p $R/bin $R/etc/ssl/certs $R/tmp; chmod 1777 $R/tmp
   cp $BIN $R/bin/; for l in $(ldd $BIN 2>/dev/null | grep -o '/[^ ]*'); do mkdir -p $R$(dirname $l); cp -L $l $R$l; done
   [ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt $R/etc/ssl/certs/
   for f in "$@"; do mkdir -p $R$(dirname $f); cp -a $f $R$f; done
+  [ -n "${IMAGE_ROOT:-}" ] && cp -a "$IMAGE_ROOT"/. $R/
   echo 'root:x:0:0:root:/:/bin/false' > $R/etc/passwd; echo 'nobody:x:65534:65534:nobody:/:/bin/false' >> $R/etc/passwd
-  N=$(basename ${REF%%:*}); mkimage $REF $R $IMG/$N.oci.tar "{\"Entrypoint\":[\"/bin/$(basename $BIN)\"],\"Env\":[\"PATH=/bin\",\"SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt\"]}"
+  N=$(basename ${REF%%:*}); mkimage $REF $R $IMG/$N.oci.tar "{\"Entrypoint\":[\"/bin/$(basename $BIN)\"],\"Env\":[\"PATH=/bin\",\"SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt\"${IMAGE_ENV:+,$IMAGE_ENV}]}"
   rm -rf $R
   CSOCK=${CSOCK:-${FERRY_KUBE_RUN:-/tmp/ferry-kube}/containerd/containerd.sock}
   [ -S $CSOCK ] && ctr_import $CSOCK $IMG/$N.oci.tar

@@ -147,6 +147,56 @@ pub struct Args {
     /// Logs as JSON lines (default) or text.
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    /// `ferry-server` image built with CUDA, for ModelVersions with `resources.gpus` > 0 that name
+    /// no image (default: `--server-image`).
+    #[arg(long, env = "FERRY_GPU_SERVER_IMAGE")]
+    pub gpu_server_image: Option<String>,
+    /// RuntimeClass of GPU pods, e.g. `nvidia` where the NVIDIA container runtime is not the
+    /// nodes' default.
+    #[arg(long, env = "FERRY_GPU_RUNTIME_CLASS_NAME")]
+    pub gpu_runtime_class_name: Option<String>,
+    /// Node labels every GPU pod's node must have, `KEY=VALUE` (repeatable; comma-separated in the
+    /// environment variable). A ModelVersion's own `nodeSelector` value for a key wins.
+    #[arg(
+        long = "gpu-node-selector",
+        env = "FERRY_GPU_NODE_SELECTOR",
+        value_delimiter = ','
+    )]
+    pub gpu_node_selector: Vec<String>,
+    /// Tolerations of every GPU pod, as a JSON list of Kubernetes tolerations (added before a
+    /// ModelVersion's own), e.g. `[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]`.
+    #[arg(long, env = "FERRY_GPU_TOLERATIONS")]
+    pub gpu_tolerations: Option<String>,
+}
+
+/// The GPU pod defaults the `--gpu-*` flags ask for; a malformed one stops the operator with a
+/// message naming it (empty values, as Helm renders unset ones, mean unset).
+pub fn gpu_settings(args: &Args) -> anyhow::Result<pod::GpuPodSettings> {
+    let set = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+    let mut node_selector = std::collections::BTreeMap::new();
+    for pair in args
+        .gpu_node_selector
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+    {
+        let (key, value) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--gpu-node-selector {pair:?}: expected KEY=VALUE"))?;
+        node_selector.insert(key.trim().to_string(), value.trim().to_string());
+    }
+    let tolerations = match set(&args.gpu_tolerations) {
+        Some(text) => serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("--gpu-tolerations: expected a JSON list of tolerations: {e}")
+        })?,
+        None => Vec::new(),
+    };
+    Ok(pod::GpuPodSettings {
+        image: set(&args.gpu_server_image),
+        runtime_class_name: set(&args.gpu_runtime_class_name),
+        node_selector,
+        tolerations,
+    })
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +277,8 @@ impl Args {
 /// Serves health and metrics, waits for leadership, then runs both controllers until SIGTERM
 /// (or until leadership is lost, which ends the process so it restarts as a standby).
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Flags checked before anything starts (the controllers read them after leader election).
+    gpu_settings(&args)?;
     let client = Client::try_default().await?;
     let metrics = Metrics::new(prometheus::Registry::new());
     let health = http::Health::default();
@@ -381,6 +433,7 @@ async fn run_controllers(
                 hf_endpoint: args.hf_endpoint.clone(),
                 startup_seconds: args.startup_seconds,
                 image_volumes,
+                gpu: gpu_settings(args)?,
             },
             router_endpoint: args.router_endpoint.clone(),
             pod_token,
@@ -509,5 +562,58 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        Args::try_parse_from([&["ferry-operator"], extra].concat()).unwrap()
+    }
+
+    #[test]
+    fn gpu_flags_become_gpu_pod_settings_and_bad_ones_are_named() {
+        assert_eq!(
+            gpu_settings(&args(&[])).unwrap(),
+            pod::GpuPodSettings::default()
+        );
+        let s = gpu_settings(&args(&[
+            "--gpu-server-image",
+            "ferry/server:cuda",
+            "--gpu-runtime-class-name",
+            "nvidia",
+            "--gpu-node-selector",
+            "nvidia.com/gpu.present=true,pool=h200",
+            "--gpu-tolerations",
+            r#"[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]"#,
+        ]))
+        .unwrap();
+        assert_eq!(s.image.as_deref(), Some("ferry/server:cuda"));
+        assert_eq!(s.runtime_class_name.as_deref(), Some("nvidia"));
+        assert_eq!(s.node_selector.len(), 2);
+        assert_eq!(s.node_selector["pool"], "h200");
+        assert_eq!(s.tolerations[0].key.as_deref(), Some("nvidia.com/gpu"));
+        // What Helm renders for unset values.
+        let empty = gpu_settings(&args(&[
+            "--gpu-server-image=",
+            "--gpu-runtime-class-name=",
+            "--gpu-tolerations=",
+        ]))
+        .unwrap();
+        assert_eq!(empty, pod::GpuPodSettings::default());
+
+        let bad = gpu_settings(&args(&["--gpu-node-selector", "pool"])).unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            r#"--gpu-node-selector "pool": expected KEY=VALUE"#
+        );
+        let bad = gpu_settings(&args(&["--gpu-tolerations", "{}"])).unwrap_err();
+        assert!(
+            bad.to_string()
+                .starts_with("--gpu-tolerations: expected a JSON list of tolerations"),
+            "{bad}"
+        );
     }
 }

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ImageVolumeSource, PersistentVolumeClaimVolumeSource, PodSecurityContext,
     PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
-    Volume, VolumeMount,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -34,6 +34,8 @@ pub struct ServerSettings {
     /// The `image` source as an image volume (Kubernetes 1.35+: the kubelet mounts the model image
     /// read-only, nothing is copied); otherwise an init container copies the weights out of it.
     pub image_volumes: bool,
+    /// What pods of ModelVersions with `resources.gpus` > 0 get besides their own settings.
+    pub gpu: GpuPodSettings,
 }
 
 impl Default for ServerSettings {
@@ -44,8 +46,25 @@ impl Default for ServerSettings {
             hf_endpoint: None,
             startup_seconds: 1800,
             image_volumes: false,
+            gpu: GpuPodSettings::default(),
         }
     }
+}
+
+/// Operator-wide defaults for GPU pods (the chart's `gpu` values): the CUDA build of the server,
+/// the container runtime that exposes the GPU, where GPU nodes are and the taints they carry.
+/// A ModelVersion's own `resources.image`, `nodeSelector` keys and tolerations come first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GpuPodSettings {
+    /// `ferry-server` image (built with CUDA) for GPU ModelVersions that name none.
+    pub image: Option<String>,
+    /// RuntimeClass of GPU pods (e.g. `nvidia` where the NVIDIA container runtime is not the
+    /// node's default).
+    pub runtime_class_name: Option<String>,
+    /// Node labels every GPU pod's node must have; a ModelVersion's value for a key wins.
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints every GPU pod tolerates, before the ModelVersion's own.
+    pub tolerations: Vec<Toleration>,
 }
 
 /// The pod spec of one version's server pods.
@@ -55,11 +74,18 @@ pub fn server_pod_spec(
     spec: &ModelVersionSpec,
     settings: &ServerSettings,
 ) -> PodSpec {
+    let on_gpu = spec.resources.gpus > 0;
+    let gpu = on_gpu.then_some(&settings.gpu);
     let image = spec
         .resources
         .image
         .clone()
+        .or_else(|| gpu.and_then(|g| g.image.clone()))
         .unwrap_or_else(|| settings.image.clone());
+    let mut node_selector = gpu.map(|g| g.node_selector.clone()).unwrap_or_default();
+    node_selector.extend(spec.resources.node_selector.clone());
+    let mut tolerations = gpu.map(|g| g.tolerations.clone()).unwrap_or_default();
+    tolerations.extend(spec.resources.tolerations.iter().cloned());
     let delivery = delivery(spec, &image, settings);
     let mut args: Vec<String> = [
         ["--model-path", delivery.model_path.as_str()],
@@ -74,7 +100,7 @@ pub fn server_pod_spec(
     .collect();
     format_flags(&mut args, spec, &delivery);
     engine_flags(&mut args, &spec.engine);
-    if spec.resources.gpus > 0 {
+    if on_gpu {
         push(&mut args, "--device", "cuda:0");
     }
     let mut env = vec![env_var("HF_HOME", "/tmp/hf")];
@@ -137,8 +163,9 @@ pub fn server_pod_spec(
             }]
         }),
         volumes: Some(volumes),
-        node_selector: Some(spec.resources.node_selector.clone()).filter(|m| !m.is_empty()),
-        tolerations: Some(spec.resources.tolerations.clone()).filter(|t| !t.is_empty()),
+        node_selector: Some(node_selector).filter(|m| !m.is_empty()),
+        tolerations: Some(tolerations).filter(|t| !t.is_empty()),
+        runtime_class_name: gpu.and_then(|g| g.runtime_class_name.clone()),
         // Room for the drain plus the kubelet's own stop time.
         termination_grace_period_seconds: Some(i64::from(settings.drain_seconds) + 15),
         enable_service_links: Some(false),

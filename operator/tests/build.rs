@@ -17,6 +17,7 @@ fn settings() -> Settings {
             hf_endpoint: Some("http://10.88.0.1:9000".into()),
             startup_seconds: 600,
             image_volumes: false,
+            gpu: Default::default(),
         },
         router_endpoint: "http://10.0.0.9:8080/v1".into(),
         pod_token: None,
@@ -443,6 +444,80 @@ fn gpu_versions_get_limits_placement_and_the_cuda_device() {
         pod["tolerations"],
         serde_json::json!([{"key": "gpu", "operator": "Exists"}])
     );
+}
+
+#[test]
+fn the_operators_gpu_defaults_reach_gpu_pods_only_and_the_version_wins() {
+    let mut settings = settings();
+    settings.server.gpu = ferry_operator::pod::GpuPodSettings {
+        image: Some("localhost/ferry/server-cuda:dev".into()),
+        runtime_class_name: Some("nvidia".into()),
+        node_selector: BTreeMap::from([
+            ("nvidia.com/gpu.present".into(), "true".into()),
+            ("gpu".into(), "any".into()),
+        ]),
+        tolerations: vec![yaml(
+            "{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}",
+        )],
+    };
+    let mut versions = mv(
+        "gpu",
+        "{source: {pvc: {claimName: w}}, format: gguf, files: [m.gguf], resources: {gpus: 1, nodeSelector: {gpu: h200}, tolerations: [{key: team, operator: Exists}]}}",
+    );
+    versions.extend(mv(
+        "own-image",
+        "{source: {pvc: {claimName: w}}, format: gguf, files: [m.gguf], resources: {gpus: 1, image: 'ferry/server:mine'}}",
+    ));
+    versions.extend(mv(
+        "cpu",
+        "{source: {pvc: {claimName: w}}, format: gguf, files: [m.gguf], resources: {gpus: 0}}",
+    ));
+    let pod = |version: &str| {
+        let out = build(
+            &llmd(&format!("{{stable: {version}}}")),
+            &versions,
+            &BTreeMap::new(),
+            &settings,
+        );
+        out.deployments[0]
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+    };
+
+    let gpu = pod("gpu");
+    assert_eq!(
+        gpu.containers[0].image.as_deref(),
+        Some("localhost/ferry/server-cuda:dev")
+    );
+    assert_eq!(gpu.runtime_class_name.as_deref(), Some("nvidia"));
+    assert_eq!(
+        json(&gpu.node_selector),
+        serde_json::json!({"gpu": "h200", "nvidia.com/gpu.present": "true"})
+    );
+    assert_eq!(
+        json(&gpu.tolerations),
+        serde_json::json!([
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "team", "operator": "Exists"}
+        ])
+    );
+    assert_eq!(
+        pod("own-image").containers[0].image.as_deref(),
+        Some("ferry/server:mine")
+    );
+
+    let cpu = pod("cpu");
+    assert_eq!(
+        cpu.containers[0].image.as_deref(),
+        Some("localhost/ferry/server:dev")
+    );
+    assert_eq!(cpu.runtime_class_name, None);
+    assert_eq!(cpu.node_selector, None);
+    assert_eq!(cpu.tolerations, None);
 }
 
 #[test]

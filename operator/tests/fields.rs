@@ -19,6 +19,7 @@ fn settings() -> Settings {
             hf_endpoint: None,
             startup_seconds: 600,
             image_volumes: false,
+            gpu: Default::default(),
         },
         router_endpoint: "http://10.0.0.9:8080/v1".into(),
         pod_token: None,
