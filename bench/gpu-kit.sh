@@ -29,10 +29,16 @@ if [ $MODE = gpu ]; then
   export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
   CUDA=$(bash bench/cuda-build.sh --toolkit | tail -1)
   L=$CACHE/llama.cpp-cuda$CUDA_COMPUTE_CAP
-  # LLAMA_CUDA=there: carry llama.cpp's source instead; bench/gpu-run.sh builds it on the GPU
-  # machine's cores (nvcc and cmake are there) while the model is made. For when the local build
-  # (about an hour of nvcc on 2 cores) is not done yet.
-  LLAMA_CUDA=${LLAMA_CUDA:-here}
+  # llama.cpp's CUDA build is about an hour of nvcc on 2 cores. LLAMA_CUDA=here builds it (and
+  # carries the binaries); =there carries its source instead, and bench/gpu-run.sh builds it on
+  # the GPU machine's 16 cores (nvcc and cmake are there) while the model is made; the default,
+  # auto, carries the binaries when the build is cached and the source otherwise.
+  LLAMA_CUDA=${LLAMA_CUDA:-auto}
+  if [ "$LLAMA_CUDA" = auto ]; then
+    LLAMA_CUDA=there
+    [ -x "$L/build/bin/llama-server" ] && [ -x "$L/build/bin/llama-quantize" ] && LLAMA_CUDA=here
+  fi
+  log "llama.cpp with CUDA: built $LLAMA_CUDA"
   if [ "$LLAMA_CUDA" = here ] && { [ ! -x "$L/build/bin/llama-server" ] || [ ! -x "$L/build/bin/llama-quantize" ]; }; then
     log "building llama.cpp with CUDA for sm_$CUDA_COMPUTE_CAP (long on 2 cores)"
     "$VENV/bin/python" -c 'import cmake' 2>/dev/null || bash bench/llama-cpp.sh >/dev/null
@@ -73,7 +79,7 @@ pack() { # pack NAME FILE: a stripped, xz-compressed copy
   xz -T0 -6 "$KIT.new/$1"
 }
 pack ferry-server "$FERRY_BIN"
-if [ "${LLAMA_CUDA:-here}" = there ]; then
+if [ $MODE = gpu ] && [ "$LLAMA_CUDA" = there ]; then
   b=$(basename "$LLAMA_SRC")
   tar -C "$(dirname "$LLAMA_SRC")" --exclude="$b/.git" --exclude="$b/docs" --exclude="$b/models" \
     --exclude="$b/media" --exclude=__pycache__ --transform "s,^$b,llama.cpp," \
