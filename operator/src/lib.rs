@@ -352,10 +352,45 @@ where
 {
     let (store, writer) = reflector::store::<K>();
     let stream = watcher(api, config)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(writer)
         .touched_objects();
     (store, stream)
+}
+
+/// How often a failing watch retries: from 0.5 s, doubling, at most every 5 s (kube's default
+/// grows to 30 s), so permissions that arrive after the operator (a Role applied later, RBAC
+/// propagation) take effect within seconds; back to 0.5 s after each success.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
 }
 
 impl Context {
@@ -571,6 +606,16 @@ mod tests {
 
     fn args(extra: &[&str]) -> Args {
         Args::try_parse_from([&["ferry-operator"], extra].concat()).unwrap()
+    }
+
+    #[test]
+    fn a_failing_watch_retries_within_5_s_and_starts_over_after_a_success() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let waits: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
     }
 
     #[test]
