@@ -32,4 +32,5 @@ export FERRY_PYTHON=${FERRY_CACHE:-$HOME/.cache/ferry}/venv/bin/python
 # A model image (busybox + the tiny GGUF under /models) for the `image` source.
 export FERRY_MODEL_IMAGE=localhost/models/tiny:1
 FERRY_KUBE_RUN=$RUN bash e2e/cluster/images.sh model "$FERRY_MODELS/tiny-gguf" "$FERRY_MODEL_IMAGE" >/dev/null
-cargo test --workspace --locked "$@"
+# Every test binary runs even after one fails, so a run reports all failures, not the first's.
+cargo test --workspace --locked --no-fail-fast "$@"
