@@ -16,8 +16,9 @@ case $NAME in server|operator|router) ;;
     BIN=$(bash bench/cuda-build.sh | tail -1); BIN=${BIN%.zst}.stripped
     CUDA=$(bash bench/cuda-build.sh --toolkit | tail -1)
     d=$(mktemp -d); mkdir -p "$d/root/usr/local/cuda/lib64"
-    # The CUDA libraries the binary links (all but the driver), and NVRTC's builtins it loads.
-    for lib in $(objdump -p "$BIN" | awk '/NEEDED/ {print $2}') libnvrtc-builtins.so.13.0; do
+    # The CUDA libraries the binary links (all but the driver), and NVRTC, which cudarc opens
+    # by name when a kernel is compiled at run time.
+    for lib in $(objdump -p "$BIN" | awk '/NEEDED/ {print $2}') libnvrtc.so.13 libnvrtc-builtins.so.13.0; do
       [ -e "$CUDA/lib/$lib" ] && [ "$lib" != libcuda.so.1 ] && cp -L "$CUDA/lib/$lib" "$d/root/usr/local/cuda/lib64/"
     done
     cp "$BIN" "$d/ferry-server"
