@@ -28,8 +28,18 @@ rm -rf "$W"; mkdir -p "$W/bin" "$W/tok" "$W/logs" "$OUT"
 rm -f "$OUT"/results.* "$OUT"/*.png "$OUT/summary.md" "$OUT/logs.tar.xz"
 T0=$(date +%s); PHASES=()
 pids=()
+# Stops every server, the sampler and a build: SIGTERM, then SIGKILL after 10 s (llama-server has
+# been seen to stay up after a SIGTERM, which would hang the script's end).
 stop() {
-  for p in ${pids[@]+"${pids[@]}"} $(cat "$W"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  local all=(${pids[@]+"${pids[@]}"} $(cat "$W"/*.pid 2>/dev/null)) p
+  for p in "${all[@]}"; do kill "$p" 2>/dev/null || true; done
+  for _ in $(seq 20); do
+    local alive=0
+    for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.5
+  done
+  for p in "${all[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap stop EXIT
