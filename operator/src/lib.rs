@@ -277,8 +277,8 @@ impl Args {
 /// Serves health and metrics, waits for leadership, then runs both controllers until SIGTERM
 /// (or until leadership is lost, which ends the process so it restarts as a standby).
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    // Flags checked before anything starts (the controllers read them after leader election).
-    gpu_settings(&args)?;
+    // Read before anything starts: the controllers use it only after leader election.
+    let gpu = gpu_settings(&args)?;
     let client = Client::try_default().await?;
     let metrics = Metrics::new(prometheus::Registry::new());
     let health = http::Health::default();
@@ -304,7 +304,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
 
-    let controllers = run_controllers(client.clone(), &args, metrics.clone(), identity);
+    let controllers = run_controllers(client.clone(), &args, gpu, metrics.clone(), identity);
     tokio::select! {
         r = controllers => r?,
         _ = election.hold() => {
@@ -422,6 +422,7 @@ impl Context {
 async fn run_controllers(
     client: Client,
     args: &Args,
+    gpu: pod::GpuPodSettings,
     metrics: Metrics,
     identity: String,
 ) -> anyhow::Result<()> {
@@ -468,7 +469,7 @@ async fn run_controllers(
                 hf_endpoint: args.hf_endpoint.clone(),
                 startup_seconds: args.startup_seconds,
                 image_volumes,
-                gpu: gpu_settings(args)?,
+                gpu,
             },
             router_endpoint: args.router_endpoint.clone(),
             pod_token,
