@@ -109,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let requests = |c: usize| args.requests_per_level.max(args.rounds * c);
+    let requests = |c: usize| run::requests_at(args.requests_per_level, args.rounds, c);
     let total =
         (args.concurrency.iter().map(|&c| requests(c)).sum::<usize>() * targets.len()) as u64;
     let bar = ProgressBar::new(total).with_style(

@@ -231,6 +231,11 @@ impl Level {
     }
 }
 
+/// Requests sent at one level: at least `per_level`, and at least `rounds` per client.
+pub fn requests_at(per_level: usize, rounds: usize, concurrency: usize) -> usize {
+    per_level.max(rounds * concurrency)
+}
+
 /// Runs `requests` requests against `target`, `concurrency` at a time; `done` is called after
 /// each (for the progress bar).
 pub async fn level(
@@ -273,6 +278,14 @@ pub async fn level(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_level_sends_the_larger_of_its_floor_and_its_rounds_per_client() {
+        assert_eq!(requests_at(16, 2, 1), 16);
+        assert_eq!(requests_at(16, 2, 8), 16);
+        assert_eq!(requests_at(16, 2, 32), 64);
+        assert_eq!(requests_at(16, 0, 64), 16);
+    }
 
     #[test]
     fn targets_parse_with_and_without_names() {
