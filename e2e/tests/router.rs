@@ -386,6 +386,78 @@ async fn a_killed_backend_is_retried_on_another_pod() {
     assert_eq!(body["error"]["code"], "upstream_unreachable");
 }
 
+/// A pod killed under load (its server's runtime dropped: every connection closes at once, as a
+/// SIGKILLed pod's do, and the port refuses new ones), still listed ready by the API server.
+/// Exactly the requests it had read fail, with 502 (it may have started them; they are not sent
+/// again). Requests sent after the kill, some of them on the router's kept-alive connections to
+/// the dead pod, all go to the other pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_pod_fails_only_the_requests_it_had_read() {
+    let scene = Scene::new("router-kill").await;
+    let mut backends = [
+        Backend::start("kill", "v1", &[]).await,
+        Backend::start("kill", "v1", &[]).await,
+    ];
+    scene
+        .serve_v1("kill", &backends.iter().collect::<Vec<_>>())
+        .await;
+    let router = Arc::new(Router::start(&scene, &["--scrape-interval-ms", "0"]).await);
+    router.wait_routable("kill").await;
+    let short = |_| chat("kill", json!({"max_tokens": 1}));
+
+    // Kept-alive connections to both pods.
+    let warm = count_by(&router, 24, 6, "x-ferry-pod", short).await;
+    assert_eq!(warm.len(), 2, "both pods served: {warm:?}");
+
+    // Long generations on both pods (the router sends each to the less loaded pod).
+    let long: Vec<_> = (0..4)
+        .map(|_| {
+            let router = router.clone();
+            tokio::spawn(async move {
+                let body = chat("kill", json!({"max_tokens": 400, "ignore_eos": true}));
+                let r = router.post("/v1/chat/completions", body).await;
+                let status = r.status().as_u16();
+                (status, r.text().await.unwrap_or_default())
+            })
+        })
+        .collect();
+    let since = Instant::now();
+    let in_flight = loop {
+        let running = [
+            backends[0].metric("ferry_requests_running", "").await,
+            backends[1].metric("ferry_requests_running", "").await,
+        ];
+        if running[0] + running[1] == 4.0 {
+            break running[0] as usize;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "the long requests never all ran: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(in_flight >= 1, "the pod to kill had no request in flight");
+    backends[0].kill();
+
+    // At once, with no pause: every request goes to the live pod.
+    let after = count_by(&router, 24, 6, "x-ferry-pod", short).await;
+    assert_eq!(after.keys().collect::<Vec<_>>(), ["kill-1"], "{after:?}");
+    let mut failed = Vec::new();
+    for task in long {
+        let (status, body) = task.await.unwrap();
+        if status != 200 {
+            assert_eq!(status, 502, "{body}");
+            assert!(body.contains("upstream_unreachable"), "{body}");
+            failed.push(body);
+        }
+    }
+    println!(
+        "killed a pod with {in_flight} requests in flight: {} failed, 24 sent after all answered",
+        failed.len()
+    );
+    assert_eq!(failed.len(), in_flight, "{failed:?}");
+}
+
 /// A version whose pods all refuse connections while the API server still lists them ready (a
 /// rolled-back canary whose pods stopped before the router saw them go): its share goes to the
 /// other version and no request fails, since none of them reached a pod. The spill is counted as

@@ -422,8 +422,9 @@ async fn handle(
             Forwarded::Spill(None) => spill = false,
             Forwarded::Spill(Some(unreached)) => {
                 spill = false;
-                // Taken elsewhere only if another pod can take it now; else the 502 stands.
-                match wait_for_backend(app, &model, started, &sticky_key, false).await {
+                // No pod reached has the request: it is held for a ready pod, as for a cold
+                // start (within the hold), and answered 502 only if none comes.
+                match wait_for_backend(app, &model, started, &sticky_key, true).await {
                     Ok(next) => chosen = Some(next),
                     Err(_) => {
                         return Err(upstream_failed(
@@ -664,7 +665,9 @@ async fn forward(
                 }
                 last_error = format!("{}: {}", endpoint.pod, error_chain(&e));
                 if e.is_unsent() {
-                    warn!(pod = %endpoint.pod, error = %last_error, "pod not reached; trying another");
+                    // Refused, timed out, a kept-alive connection the pod had closed, or reset
+                    // before the pod read the request: the pod cannot have started it.
+                    warn!(pod = %endpoint.pod, error = %last_error, "pod did not read the request; trying another");
                     continue;
                 }
                 // The pod may have received it: not sent again (a request that crashes pods

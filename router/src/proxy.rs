@@ -39,6 +39,26 @@ pub struct UpstreamClient {
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
+/// A connection to a pod: hyper's handle, and the socket itself (a second descriptor of it), so
+/// the kernel can be asked whether the pod has closed it. hyper's own task learns that only when
+/// its thread next polls the socket, which on a busy machine can be after the next request was
+/// already written to a pod that was dead.
+struct Conn {
+    sender: Sender,
+    socket: socket2::Socket,
+}
+
+impl Conn {
+    /// The pod closed or reset this connection, as the kernel knows now (not as hyper last saw
+    /// it). An idle connection has nothing to read: a FIN reads as 0 bytes, a reset as an error,
+    /// anything else as bytes the pod sent unasked; only "would block" means open. The socket is
+    /// non-blocking (the descriptor shares tokio's file status), so this never waits.
+    fn pod_closed(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        !matches!(self.socket.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
 /// A pool: which client, which pod.
 type PoolKey = (usize, SocketAddr);
 
@@ -63,7 +83,7 @@ pub const POD_DEAD_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Idle {
-    pools: HashMap<PoolKey, Vec<(Sender, Instant)>>,
+    pools: HashMap<PoolKey, Vec<(Conn, Instant)>>,
     given_back: u32,
 }
 
@@ -79,6 +99,11 @@ pub enum UpstreamError {
     /// The connection failed before the request was written: the pod never saw it.
     #[error("the connection failed before the request was sent: {0}")]
     NotSent(hyper::Error),
+    /// The pod reset the connection before any byte of an answer. A pod that read the whole
+    /// request closes with a FIN when it dies (Linux resets a closed connection only when data
+    /// sent to it was never read, or arrives after the close), so it never read this one.
+    #[error("the pod reset the connection before reading the request: {0}")]
+    Unread(hyper::Error),
     /// The pod may have received the request (and may have started it).
     #[error(transparent)]
     Http(hyper::Error),
@@ -90,11 +115,29 @@ impl UpstreamError {
         matches!(self, UpstreamError::Connect(_))
     }
 
-    /// The pod never received the request: another pod may take it. A request the pod may
-    /// have received is not sent again (one that crashes pods would crash every pod).
+    /// The pod cannot have read the request: another pod may take it. A request the pod may
+    /// have read is not sent again (one that crashes pods would crash every pod).
     pub fn is_unsent(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_) | UpstreamError::NotSent(_))
+        matches!(
+            self,
+            UpstreamError::Connect(_) | UpstreamError::NotSent(_) | UpstreamError::Unread(_)
+        )
     }
+}
+
+/// The error is the pod resetting the connection (or the write meeting a reset one).
+fn is_reset(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 impl UpstreamClient {
@@ -107,38 +150,43 @@ impl UpstreamClient {
     }
 
     /// An idle connection to `key`'s pod that can take a request now, if there is one.
-    async fn take_idle(key: PoolKey) -> Option<Sender> {
+    async fn take_idle(key: PoolKey) -> Option<Conn> {
         loop {
-            let (mut sender, since) =
+            let (mut conn, since) =
                 IDLE.with(|idle| idle.borrow_mut().pools.get_mut(&key)?.pop())?;
-            // `ready` fails at once for a connection the pod has closed.
-            if since.elapsed() < IDLE_TIMEOUT && sender.ready().await.is_ok() {
-                return Some(sender);
+            // `ready` fails for a connection hyper has seen closed; `pod_closed` asks the kernel.
+            if since.elapsed() < IDLE_TIMEOUT
+                && conn.sender.ready().await.is_ok()
+                && !conn.pod_closed()
+            {
+                return Some(conn);
             }
         }
     }
 
-    fn give_back(key: PoolKey, sender: Sender) {
-        if sender.is_closed() {
+    fn give_back(key: PoolKey, conn: Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         IDLE.with(|idle| {
             let idle = &mut *idle.borrow_mut();
             let pool = idle.pools.entry(key).or_default();
             if pool.len() < MAX_IDLE_PER_POD {
-                pool.push((sender, Instant::now()));
+                pool.push((conn, Instant::now()));
             }
             idle.given_back = idle.given_back.wrapping_add(1);
             if idle.given_back % SWEEP_EVERY == 0 {
                 idle.pools.retain(|_, pool| {
-                    pool.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+                    pool.retain(|(c, since)| {
+                        !c.sender.is_closed() && since.elapsed() < IDLE_TIMEOUT
+                    });
                     !pool.is_empty()
                 });
             }
         });
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Sender, UpstreamError> {
+    async fn connect(&self, addr: SocketAddr) -> Result<Conn, UpstreamError> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
                 .await
@@ -168,6 +216,7 @@ impl UpstreamClient {
             )
             .and_then(|()| socket.set_tcp_user_timeout(Some(POD_DEAD_AFTER)))
             .map_err(UpstreamError::Connect)?;
+        let socket = socket.try_clone().map_err(UpstreamError::Connect)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Http)?;
@@ -176,11 +225,12 @@ impl UpstreamClient {
                 tracing::debug!(error = %e, "connection to a pod ended");
             }
         });
-        Ok(sender)
+        Ok(Conn { sender, socket })
     }
 
     /// Sends a request to the pod, on an idle connection when there is one. A request that an
-    /// idle connection could not take (the pod had just closed it) goes on a new one.
+    /// idle connection could not take (the pod had just closed it) goes on a new one. A pod that
+    /// resets the connection before answering never read the request ([`UpstreamError::Unread`]).
     pub async fn send(
         &self,
         pod: &Endpoint,
@@ -214,23 +264,30 @@ impl UpstreamClient {
         }
         let key = (self.id, pod.addr);
         loop {
-            let (mut sender, reused) = match Self::take_idle(key).await {
-                Some(sender) => (sender, true),
+            let (mut conn, reused) = match Self::take_idle(key).await {
+                Some(conn) => (conn, true),
                 None => (self.connect(pod.addr).await?, false),
             };
-            match sender.try_send_request(request).await {
+            match conn.sender.try_send_request(request).await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
                     let body = PodBody {
                         body,
-                        back: Some((key, sender)),
+                        back: Some((key, conn)),
                     };
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => request = unsent,
                     Some(_) => return Err(UpstreamError::NotSent(e.into_error())),
-                    None => return Err(UpstreamError::Http(e.into_error())),
+                    None => {
+                        let e = e.into_error();
+                        return Err(if is_reset(&e) {
+                            UpstreamError::Unread(e)
+                        } else {
+                            UpstreamError::Http(e)
+                        });
+                    }
                 },
             }
         }
@@ -266,7 +323,7 @@ pub const MAX_SCRAPE_BYTES: usize = 1024 * 1024;
 /// pod).
 pub struct PodBody {
     body: Incoming,
-    back: Option<(PoolKey, Sender)>,
+    back: Option<(PoolKey, Conn)>,
 }
 
 impl hyper::body::Body for PodBody {
@@ -299,8 +356,8 @@ impl hyper::body::Body for PodBody {
 
 impl PodBody {
     fn give_back(&mut self) {
-        if let Some((key, sender)) = self.back.take() {
-            UpstreamClient::give_back(key, sender);
+        if let Some((key, conn)) = self.back.take() {
+            UpstreamClient::give_back(key, conn);
         }
     }
 }
@@ -751,6 +808,105 @@ mod tests {
             .unwrap_err();
         let e = e.downcast::<UpstreamError>().unwrap();
         assert!(e.is_connect(), "{e}");
+    }
+
+    /// Reads one request head from a blocking socket (the pod threads below).
+    fn read_head(stream: &mut std::net::TcpStream) {
+        use std::io::Read;
+        let mut buffer = Vec::new();
+        while find(&buffer, b"\r\n\r\n").is_none() {
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "the client closed before a whole request");
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// A pod killed between two requests on a kept-alive connection: its kernel has closed the
+    /// connection, but hyper's task for it has not run since (the blocking sleep keeps this
+    /// thread's event loop from polling it, as a busy machine would). The next request must not
+    /// be written to the dead connection: it goes on a new one.
+    #[tokio::test]
+    async fn a_kept_alive_connection_the_pod_closed_is_not_used_before_hyper_sees_it() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (die, dead) = std::sync::mpsc::channel::<()>();
+        let pod = std::thread::spawn(move || {
+            let mut first = listener.accept().unwrap().0;
+            read_head(&mut first);
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .unwrap();
+            dead.recv().unwrap();
+            drop(first); // the pod dies with the connection idle: a FIN
+            let mut second = listener.accept().unwrap().0;
+            read_head(&mut second);
+            second
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew")
+                .unwrap();
+        });
+        let client = UpstreamClient::new(Duration::from_secs(1));
+        let endpoint = Endpoint::new("pod", addr);
+        assert_eq!(client.get_text(&endpoint, "/metrics").await.unwrap(), "ok");
+        die.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let answer = client.get_text(&endpoint, "/metrics").await;
+        assert_eq!(
+            answer.unwrap(),
+            "new",
+            "the request went to the dead connection"
+        );
+        pod.join().unwrap();
+    }
+
+    /// A pod that dies holding a request it has read closes with a FIN: it may have started it,
+    /// so the request is not unsent (not sent elsewhere). One that dies before reading it resets
+    /// the connection: unsent, another pod may take it.
+    #[tokio::test]
+    async fn a_pod_that_died_after_reading_is_a_failure_and_one_that_never_read_is_unsent() {
+        let read_then_die = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let never_read = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (read_addr, unread_addr) = (
+            read_then_die.local_addr().unwrap(),
+            never_read.local_addr().unwrap(),
+        );
+        let pods = std::thread::spawn(move || {
+            let mut stream = read_then_die.accept().unwrap().0;
+            read_head(&mut stream);
+            drop(stream);
+            let stream = never_read.accept().unwrap().0;
+            std::thread::sleep(Duration::from_millis(300)); // the request arrives, unread
+            drop(stream);
+        });
+        let client = UpstreamClient::new(Duration::from_secs(1));
+        let headers = HeaderMap::new();
+        let (read_pod, unread_pod) = (
+            Endpoint::new("read", read_addr),
+            Endpoint::new("unread", unread_addr),
+        );
+        let send = |pod| {
+            client.send(
+                pod,
+                Method::POST,
+                PathAndQuery::from_static("/v1/chat/completions"),
+                &headers,
+                None,
+                Bytes::from_static(b"{}"),
+            )
+        };
+        let e = send(&read_pod)
+            .await
+            .err()
+            .expect("an answer from a pod that died");
+        assert!(!e.is_unsent(), "a request the pod had read: {e:?}");
+        let e = send(&unread_pod)
+            .await
+            .err()
+            .expect("an answer from a pod that died");
+        assert!(e.is_unsent(), "a request the pod never read: {e:?}");
+        assert!(matches!(e, UpstreamError::Unread(_)), "{e:?}");
+        pods.join().unwrap();
     }
 
     #[test]
