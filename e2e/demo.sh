@@ -147,6 +147,7 @@ Ferry serves SmolLM2 on a local Kubernetes, which keeps running. Talk to it with
   curl 'http://$ROUTER_IP:8080/internal/stats?window=5m'   # per-version latency, errors, tokens
   kubectl logs -n ferry-system deploy/ferry-operator        # (the standby replica's log says it stands by)
   kubectl apply -n $NS -f manifests/examples/   # more shapes (the operator serves them too)
+The operator watches only namespace $NS (watchNamespace=$NS): resources applied elsewhere get no status.
 Tear it down (stops every process it started and restores the machine):
   bash e2e/cluster/down.sh $RUN
 EOM

@@ -28,8 +28,8 @@ use crate::{Baseline, Numbers};
     printcolumn(
         name = "Model",
         type_ = "string",
-        json_path = ".spec.servedModelName",
-        description = "OpenAI model id (empty: the resource's name)"
+        json_path = ".status.servedModelName",
+        description = "OpenAI model id clients send (spec.servedModelName, else the resource's name)"
     ),
     printcolumn(
         name = "Stable",
@@ -63,8 +63,8 @@ use crate::{Baseline, Numbers};
     )
 )]
 #[serde(rename_all = "camelCase")]
-// `not` clauses are plain OpenAPI, so API servers without CEL (before 1.25) enforce them too.
-#[schemars(extend("allOf" = [{"not": {"required": ["canary", "experiment"]}}, {"not": {"required": ["replicas", "autoscaling"]}}]))]
+// Mutual exclusion is CEL only: a schema `not` clause printed `"spec" must not validate the
+// schema (not)` before the message. Without CEL (before 1.25) the operator's InvalidSpec says it.
 #[x_kube(validation = Rule::new("!(has(self.canary) && has(self.experiment))").message("canary and experiment are mutually exclusive: set one of them"))]
 #[x_kube(validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("replicas and autoscaling are mutually exclusive: set one of them"))]
 #[x_kube(validation = Rule::new("!has(self.canary) || self.canary.version != self.stable").message("canary.version must differ from stable"))]
@@ -650,6 +650,19 @@ pub struct AnalysisResult {
     /// Why, e.g. `ttft p95 812 ms > 500 ms over 143 requests`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The rules a `Fail` broke: `Slo` (an objective of `spec.slo`), `Stable` (worse than the
+    /// stable beyond `canary.analysis.baseline`'s tolerances). Empty unless `Fail`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_rules: Vec<AnalysisRule>,
+}
+
+/// A rule a canary analysis judges by.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AnalysisRule {
+    /// An objective of `spec.slo`.
+    Slo,
+    /// The comparison with the stable (`canary.analysis.baseline`).
+    Stable,
 }
 
 /// Where a canary rollout stands.

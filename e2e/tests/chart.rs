@@ -584,6 +584,9 @@ async fn helm_installed_ferry_serves_survives_faults_and_rolls_out() {
     assert_eq!(with_token.status(), 200, "the router's token opens the pod");
     let health = http.get(format!("{direct}/health")).send().await.unwrap();
     assert_eq!(health.status(), 200, "probes need no token");
+    // Nor does Prometheus: `/metrics` holds counts only (the README says so).
+    let metrics = http.get(format!("{direct}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200, "/metrics needs no token");
     println!(
         "pods: direct calls 401, the router's token 200, NetworkPolicy from {}",
         system.name

@@ -2,7 +2,7 @@
 //! per-variant numbers of an experiment.
 
 use ferry_contract::stats::{Counts, SeriesKey, SeriesSummary, Summary};
-use ferry_crds::{AnalysisResult, Baseline, Numbers, Slo, VariantStats, Verdict};
+use ferry_crds::{AnalysisResult, AnalysisRule, Baseline, Numbers, Slo, VariantStats, Verdict};
 
 /// Everything the routers counted for one version of one model over the window: all its
 /// variants, or only `variant`.
@@ -132,14 +132,17 @@ pub fn judge_measured(
             "%",
         ),
     ];
-    let (mut breaches, mut missing) = (Vec::new(), Vec::new());
+    let (mut breaches, mut missing, mut rules) = (Vec::new(), Vec::new(), Vec::new());
     for (what, value, limit, unit) in metrics {
         match (value, limit) {
-            (Some(value), Some(limit)) if value > limit => breaches.push(format!(
-                "{what} {}{unit} > {}{unit} over {requests} requests",
-                round(value),
-                round(limit)
-            )),
+            (Some(value), Some(limit)) if value > limit => {
+                breaches.push(format!(
+                    "{what} {}{unit} > {}{unit} over {requests} requests",
+                    round(value),
+                    round(limit)
+                ));
+                push_rule(&mut rules, AnalysisRule::Slo);
+            }
             (None, Some(limit)) => missing.push(format!(
                 "no {what} data for the objective {}{unit}",
                 round(limit)
@@ -176,6 +179,7 @@ pub fn judge_measured(
                         round(of_base),
                         tolerance.latency_increase_percent
                     ));
+                    push_rule(&mut rules, AnalysisRule::Stable);
                 }
             }
             if let (Some(value), Some(of_base)) = (m.error_rate_percent, base.error_rate_percent)
@@ -188,6 +192,7 @@ pub fn judge_measured(
                     round(of_base),
                     round(tolerance.error_rate_points)
                 ));
+                push_rule(&mut rules, AnalysisRule::Stable);
             }
         }
     }
@@ -226,8 +231,19 @@ pub fn judge_measured(
             .baseline
             .filter(|(_, t)| t.enabled)
             .map(|(b, _)| b.clone()),
+        failed_rules: if verdict == Verdict::Fail {
+            rules
+        } else {
+            Vec::new()
+        },
         verdict,
         reason: Some(reason),
+    }
+}
+
+fn push_rule(rules: &mut Vec<AnalysisRule>, rule: AnalysisRule) {
+    if !rules.contains(&rule) {
+        rules.push(rule);
     }
 }
 
@@ -250,6 +266,7 @@ pub fn unavailable(version: &str, why: &str, time: String) -> AnalysisResult {
         baseline: None,
         verdict: Verdict::Inconclusive,
         reason: Some(format!("no metrics: {why}")),
+        failed_rules: Vec::new(),
     }
 }
 

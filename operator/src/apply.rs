@@ -7,7 +7,6 @@ use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::events::{Event, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -16,6 +15,7 @@ use serde::de::DeserializeOwned;
 use crate::build::{APPLIED_HASH, MANAGER};
 use crate::conditions::Transition;
 use crate::error::Error;
+use crate::events::Recorder;
 use crate::metrics::Metrics;
 
 /// Applies `desired` unless the cached object already carries its hash and every value `desired`
@@ -198,14 +198,10 @@ pub async fn publish<K>(
 {
     let reference = object.object_ref(&());
     for t in transitions {
-        let event = Event {
-            type_: t.type_,
-            reason: t.reason,
-            note: Some(t.message),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        match recorder.publish(&event, &reference).await {
+        match recorder
+            .publish(&reference, t.type_, &t.reason, &t.message)
+            .await
+        {
             Ok(()) => metrics.write("Event", "create"),
             Err(e) => tracing::warn!(error = %e, "could not publish an Event"),
         }

@@ -68,6 +68,8 @@ pub struct Observed {
     pub replicas: i32,
     /// Pods passing `/ready`.
     pub ready: i32,
+    /// Pods not ready that are failing rather than starting (see [`crate::pod::failing`]).
+    pub failing: i32,
 }
 
 /// Everything that should exist for one LLMDeployment.
@@ -137,9 +139,11 @@ pub fn build_plan(
         });
     }
     let replicas = plan.replicas.get(&stable).copied().unwrap_or(0);
-    let ready = observed.get(&stable).map_or(0, |o| o.ready);
+    let (ready, failing) = observed
+        .get(&stable)
+        .map_or((0, 0), |o| (o.ready, o.failing));
     let status = LLMDeploymentStatus {
-        phase: Some(phase(replicas, ready)),
+        phase: Some(phase(replicas, ready, failing)),
         served_model_name: Some(model),
         stable_version: Some(stable.clone()),
         traffic: plan.traffic.clone(),
@@ -169,13 +173,17 @@ pub fn build_plan(
     }
 }
 
-fn phase(replicas: i32, ready: i32) -> Phase {
+/// Degraded only when a pod is failing: a planned scale-up (its new pods starting) serves as
+/// before, and `ready` says how far it got.
+fn phase(replicas: i32, ready: i32, failing: i32) -> Phase {
     if ready >= replicas {
         Phase::Available
     } else if ready == 0 {
         Phase::Pending
-    } else {
+    } else if failing > 0 {
         Phase::Degraded
+    } else {
+        Phase::Available
     }
 }
 

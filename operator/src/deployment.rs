@@ -338,11 +338,30 @@ fn observe(llmd: &LLMDeployment, versions: &[String], ctx: &Context) -> BTreeMap
             let key = ObjectRef::new(&child_name(&name, v)).within(&namespace);
             let d = ctx.deployments.get(&key)?;
             let status = d.status.clone().unwrap_or_default();
+            let selector = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.match_labels.clone())
+                .unwrap_or_default();
+            let now = Timestamp::now();
+            let startup = ctx.settings.server.startup_seconds;
+            let failing = ctx
+                .pods
+                .state()
+                .iter()
+                .filter(|p| {
+                    p.namespace().as_deref() == Some(namespace.as_str())
+                        && !selector.is_empty()
+                        && selector.iter().all(|(k, v)| p.labels().get(k) == Some(v))
+                        && crate::pod::failing(p, now, startup)
+                })
+                .count() as i32;
             Some((
                 v.clone(),
                 Observed {
                     replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
                     ready: status.ready_replicas.unwrap_or(0),
+                    failing,
                 },
             ))
         })

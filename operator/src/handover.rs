@@ -130,6 +130,7 @@ mod tests {
                     Observed {
                         replicas: *replicas,
                         ready: *ready,
+                        ..Default::default()
                     },
                 )
             })

@@ -12,6 +12,7 @@ pub mod build;
 pub mod conditions;
 mod deployment;
 pub mod error;
+pub mod events;
 pub mod handover;
 mod http;
 pub mod leader;
@@ -37,7 +38,6 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -239,7 +239,7 @@ pub struct Context {
     /// Present with `--network-policy`.
     pub network_policies: Option<Store<NetworkPolicy>>,
     pub pods: Store<Pod>,
-    pub recorder: Recorder,
+    pub recorder: events::Recorder,
     pub metrics: Metrics,
     /// Client for the routers' stats and the pods' metrics.
     pub http: reqwest::Client,
@@ -427,6 +427,14 @@ async fn run_controllers(
     identity: String,
 ) -> anyhow::Result<()> {
     let ns = args.watch_namespace.as_deref();
+    match ns {
+        Some(ns) => info!(
+            namespace = ns,
+            "watching namespace {ns} only: ModelVersions and LLMDeployments in any other \
+             namespace are not reconciled (they keep observedGeneration unset and get no Events)"
+        ),
+        None => info!("watching every namespace"),
+    }
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
     let all = watcher::Config::default();
     let (model_versions, mv_stream) = reflected(api::<ModelVersion>(&client, ns), all.clone());
@@ -486,13 +494,7 @@ async fn run_controllers(
         services,
         network_policies,
         pods,
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: Some(identity),
-            },
-        ),
+        recorder: events::Recorder::new(client.clone(), MANAGER, &identity),
         metrics,
         http: reqwest::Client::new(),
         routers: signals::Routers {

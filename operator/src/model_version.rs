@@ -19,6 +19,9 @@ use crate::error::Error;
 use crate::validate::{model_version_problems, spec_hash};
 
 const CONTROLLER: &str = "modelversion";
+/// How long a reconcile waits for the pod cache's first listing before it writes the status
+/// without a cold start (see `reconcile_inner`).
+const PODS_WAIT: Duration = Duration::from_secs(10);
 /// Pod annotation naming the ModelVersion a pod runs (labels are cut at 63 characters; names are not).
 pub const VERSION_ANNOTATION: &str = "serving.ferry.dev/model-version";
 
@@ -30,7 +33,11 @@ pub async fn reconcile(mv: Arc<ModelVersion>, ctx: Arc<Context>) -> Result<Actio
 }
 
 async fn reconcile_inner(mv: &ModelVersion, ctx: &Context) -> Result<&'static str, Error> {
-    ctx.caches_ready().await;
+    // Validity needs no cache; only the cold start reads the pods. A pod cache that does not
+    // fill (a watch the operator may not make) delays the cold start, never the status.
+    let pods_listed = tokio::time::timeout(PODS_WAIT, ctx.pods.wait_until_ready())
+        .await
+        .is_ok_and(|r| r.is_ok());
     if mv.metadata.deletion_timestamp.is_some() {
         return Ok("deleting");
     }
@@ -50,7 +57,7 @@ async fn reconcile_inner(mv: &ModelVersion, ctx: &Context) -> Result<&'static st
     };
     status.observed_generation = mv.metadata.generation;
     status.source = Some(mv.spec.source.summary());
-    if let Some(seconds) = cold_start_seconds(mv, ctx) {
+    if pods_listed && let Some(seconds) = cold_start_seconds(mv, ctx) {
         status.cold_start_seconds = Some(seconds);
     }
     // Ready/Stalled as kstatus reads them: a ModelVersion is done once validated (it is only a

@@ -61,11 +61,17 @@ impl Control {
 
     /// Before a verb: refuse it when the operator would not act on it (it would linger and hit
     /// the next canary) — the operator's own rule: pause and promote before `Promoting`, abort
-    /// while the rollout runs or within its rollback window.
+    /// while the rollout runs or within its rollback window; resume only what is paused.
     pub fn check(self, llmd: &LLMDeployment) -> Result<(), String> {
         let record = llmd.status.as_ref().and_then(|s| s.rollout.as_ref());
         let acts = match (self, record) {
-            (Control::Resume, _) => true,
+            (Control::Resume, _) if llmd.annotations().contains_key(ANNOTATION_PAUSE) => true,
+            (Control::Resume, _) => {
+                return Err(format!(
+                    "LLMDeployment {} is not paused: nothing to resume",
+                    llmd.name_any()
+                ));
+            }
             (_, None) => false,
             (Control::Pause | Control::Promote, Some(r)) => rollout::steerable(r.state),
             (Control::Abort, Some(r)) => {
@@ -385,5 +391,18 @@ mod tests {
             Control::Resume.patch(),
             serde_json::json!({"metadata": {"annotations": {ANNOTATION_PAUSE: null}}})
         );
+    }
+
+    /// `resume` on an LLMDeployment that is not paused exited 0 as if it had done something.
+    #[test]
+    fn resume_needs_a_paused_llmdeployment() {
+        let mut rolled_back = analysing();
+        rolled_back["rollout"]["state"] = "RolledBack".into();
+        let refused = Control::Resume
+            .check(&llmd(rolled_back.clone(), serde_json::json!({})))
+            .unwrap_err();
+        assert!(refused.contains("is not paused"), "{refused}");
+        let paused = llmd(rolled_back, serde_json::json!({ANNOTATION_PAUSE: "true"}));
+        assert_eq!(Control::Resume.check(&paused), Ok(()));
     }
 }

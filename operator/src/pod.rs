@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 
 /// Port `ferry-server` listens on in every pod.
 pub use ferry_crds::labels::SERVER_PORT;
@@ -454,5 +455,128 @@ fn env_var(name: &str, value: &str) -> EnvVar {
         name: name.into(),
         value: Some(value.into()),
         ..Default::default()
+    }
+}
+
+/// A pod that is not ready and will not get there by waiting: a container waiting on an error
+/// (crash loop, image pull, bad configuration), one that restarted or ended (an init container
+/// that ended with an error), a pod the scheduler cannot place, or one still not ready after
+/// `startup_seconds` (the startup probe's whole budget). A pod starting (a scale-up, a
+/// replacement) or being deleted is not failing.
+pub fn failing(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    now: Timestamp,
+    startup_seconds: u32,
+) -> bool {
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    let conditions = status.conditions.as_deref().unwrap_or_default();
+    let is = |type_: &str, value: &str| {
+        conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == value)
+    };
+    if is("Ready", "True") || pod.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    if is("PodScheduled", "False") {
+        return true;
+    }
+    let waiting_on_error = |c: &k8s_openapi::api::core::v1::ContainerStatus| {
+        c.state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.as_deref())
+            .is_some_and(|r| !matches!(r, "ContainerCreating" | "PodInitializing"))
+    };
+    let init = status
+        .init_container_statuses
+        .as_deref()
+        .unwrap_or_default();
+    let main = status.container_statuses.as_deref().unwrap_or_default();
+    let init_failed = init.iter().any(|c| {
+        c.restart_count > 0
+            || waiting_on_error(c)
+            || c.state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_some_and(|t| t.exit_code != 0)
+    });
+    let main_failed = main.iter().any(|c| {
+        c.restart_count > 0
+            || waiting_on_error(c)
+            || c.state.as_ref().is_some_and(|s| s.terminated.is_some())
+    });
+    let started = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, |t| t.0);
+    let too_long = now.duration_since(started).as_secs() > i64::from(startup_seconds);
+    init_failed || main_failed || too_long
+}
+
+#[cfg(test)]
+mod failing_tests {
+    use super::*;
+
+    fn pod(age_s: i64, status: serde_json::Value) -> k8s_openapi::api::core::v1::Pod {
+        let created = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(age_s);
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "creationTimestamp": created.to_string()},
+            "status": status}))
+        .unwrap()
+    }
+
+    fn container(state: serde_json::Value, restarts: i32) -> serde_json::Value {
+        serde_json::json!({"name": "server", "image": "s", "imageID": "", "ready": false,
+            "restartCount": restarts, "state": state})
+    }
+
+    #[test]
+    fn a_starting_pod_is_not_failing_and_a_broken_one_is() {
+        let now = Timestamp::now();
+        let not_ready = serde_json::json!([{"type": "Ready", "status": "False"}]);
+        let starting = pod(
+            30,
+            serde_json::json!({"conditions": not_ready,
+                "containerStatuses": [container(serde_json::json!({"running": {}}), 0)]}),
+        );
+        assert!(!failing(&starting, now, 600), "a scale-up's new pod");
+        let creating = pod(
+            5,
+            serde_json::json!({"conditions": not_ready, "containerStatuses": [container(
+                serde_json::json!({"waiting": {"reason": "ContainerCreating"}}), 0)]}),
+        );
+        assert!(!failing(&creating, now, 600));
+        let crash = pod(
+            30,
+            serde_json::json!({"conditions": not_ready, "containerStatuses": [container(
+                serde_json::json!({"waiting": {"reason": "CrashLoopBackOff"}}), 3)]}),
+        );
+        assert!(failing(&crash, now, 600));
+        let pull = pod(
+            30,
+            serde_json::json!({"conditions": not_ready, "containerStatuses": [container(
+                serde_json::json!({"waiting": {"reason": "ImagePullBackOff"}}), 0)]}),
+        );
+        assert!(failing(&pull, now, 600));
+        let unschedulable = pod(
+            30,
+            serde_json::json!({"conditions": [{"type": "PodScheduled", "status": "False"}]}),
+        );
+        assert!(failing(&unschedulable, now, 600));
+        let stuck = pod(
+            700,
+            serde_json::json!({"conditions": not_ready,
+                "containerStatuses": [container(serde_json::json!({"running": {}}), 0)]}),
+        );
+        assert!(failing(&stuck, now, 600), "past the startup budget");
+        let ready = pod(
+            700,
+            serde_json::json!({"conditions": [{"type": "Ready", "status": "True"}]}),
+        );
+        assert!(!failing(&ready, now, 600));
     }
 }

@@ -237,7 +237,7 @@ pub fn advance(
             &mut r,
             now,
             RolloutState::RolledBack,
-            format!("aborted: annotation {ANNOTATION_ABORT} is true"),
+            format!("aborted: annotation {ANNOTATION_ABORT} was set (kubectl ferry abort)"),
         );
         return Decision {
             record: Some(r),
@@ -607,6 +607,7 @@ mod tests {
             baseline: None,
             verdict: v,
             reason: Some(format!("{v:?} reason")),
+            failed_rules: Vec::new(),
         }
     }
 
@@ -794,7 +795,7 @@ mod tests {
         assert_eq!(r.state, RolloutState::RolledBack);
         assert_eq!(
             r.message.as_deref(),
-            Some("aborted: annotation serving.ferry.dev/abort is true")
+            Some("aborted: annotation serving.ferry.dev/abort was set (kubectl ferry abort)")
         );
 
         let mut run = Run::new();

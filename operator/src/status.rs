@@ -1,7 +1,10 @@
 //! The status an LLMDeployment reconcile writes beyond the serving counts: the rollout's record,
 //! columns, phase and conditions, and what a held traffic split says. Pure.
 
-use ferry_crds::{LLMDeployment, LLMDeploymentStatus, Phase, RolloutState, condition::types};
+use ferry_crds::{
+    AnalysisResult, AnalysisRule, LLMDeployment, LLMDeploymentStatus, Phase, RolloutState,
+    RolloutStatus, condition::types,
+};
 
 use crate::conditions::Wanted;
 use crate::handover::Hold;
@@ -18,10 +21,12 @@ pub fn rollout_status(
 ) {
     let previous = llmd.status.as_ref();
     status.rollout = decided.record.clone();
-    status.last_analysis = decided
-        .analysis
-        .clone()
-        .or_else(|| previous.and_then(|s| s.last_analysis.clone()));
+    status.last_analysis = decided.analysis.clone().or_else(|| {
+        carried_analysis(
+            previous.and_then(|s| s.last_analysis.as_ref()),
+            decided.record.as_ref(),
+        )
+    });
     status.variants = decided.variants.clone();
     if llmd.spec.experiment.is_some() && status.variants.is_empty() {
         // The routers did not answer: keep the last numbers rather than blanking them.
@@ -59,7 +64,7 @@ pub fn rollout_status(
             } else if message.starts_with("no data") {
                 "NoData"
             } else {
-                "SloBreached"
+                failed_analysis_reason(status.last_analysis.as_ref())
             };
             let message = r.message.clone().unwrap_or_else(|| "rolled back".into());
             Wanted::new(
@@ -137,7 +142,10 @@ pub fn rollout_status(
         {
             status.phase = Some(Phase::Promoted)
         }
-        _ if llmd.spec.experiment.is_some() => status.phase = Some(Phase::Experimenting),
+        // Experimenting once it serves: `Pending` until a pod is ready, `Degraded` stays.
+        _ if llmd.spec.experiment.is_some() && status.phase == Some(Phase::Available) => {
+            status.phase = Some(Phase::Experimenting)
+        }
         _ => {}
     }
 }
@@ -172,5 +180,87 @@ pub fn handover_status(
     ] {
         wanted.retain(|c| c.type_ != w.type_);
         wanted.push(w);
+    }
+}
+
+/// The last analysis shown while none ran this reconcile: only one of the current (or last)
+/// rollout, of its canary and since it started. An aborted rollout never shows the previous
+/// rollout's Pass.
+pub fn carried_analysis(
+    previous: Option<&AnalysisResult>,
+    record: Option<&RolloutStatus>,
+) -> Option<AnalysisResult> {
+    let (a, r) = (previous?, record?);
+    let at = |s: &str| s.parse::<k8s_openapi::jiff::Timestamp>().ok();
+    let since_start =
+        matches!((at(&a.time), at(&r.started_at)), (Some(t), Some(start)) if t >= start);
+    (a.version == r.version && since_start).then(|| a.clone())
+}
+
+/// The reason of a rollback for failed analyses: the rule the last analysis broke. An SLO
+/// breach wins when both broke (it is the user's own limit).
+pub fn failed_analysis_reason(last: Option<&AnalysisResult>) -> &'static str {
+    let rules = last.map_or(&[][..], |a| &a.failed_rules[..]);
+    if rules.contains(&AnalysisRule::Slo) {
+        "SloBreached"
+    } else if rules.contains(&AnalysisRule::Stable) {
+        "WorseThanStable"
+    } else {
+        "AnalysisFailed"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn analysis(version: &str, time: &str) -> AnalysisResult {
+        serde_json::from_value(serde_json::json!({
+            "time": time, "version": version, "requests": 40, "verdict": "Pass"}))
+        .unwrap()
+    }
+
+    fn rollout(version: &str, started_at: &str) -> RolloutStatus {
+        serde_json::from_value(serde_json::json!({
+            "version": version, "previousStable": "v1", "generation": 3, "state": "RolledBack",
+            "step": 0, "startedAt": started_at, "failedAnalyses": 0}))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_analysis_belongs_to_its_rollout() {
+        let v2_pass = analysis("v2", "2026-12-04T10:05:00Z");
+        // Its own rollout's: kept while no new analysis ran.
+        let own = rollout("v2", "2026-12-04T10:00:00Z");
+        assert_eq!(
+            carried_analysis(Some(&v2_pass), Some(&own)),
+            Some(v2_pass.clone())
+        );
+        // v3 aborted before its first analysis: not v2's Pass.
+        let next = rollout("v3", "2026-12-04T10:10:00Z");
+        assert_eq!(carried_analysis(Some(&v2_pass), Some(&next)), None);
+        // v2 again, a later rollout: the earlier rollout's analysis is not this one's.
+        let again = rollout("v2", "2026-12-04T10:20:00Z");
+        assert_eq!(carried_analysis(Some(&v2_pass), Some(&again)), None);
+        assert_eq!(carried_analysis(Some(&v2_pass), None), None);
+    }
+
+    /// A canary within its SLO but slower than the stable was rolled back as `SloBreached`.
+    #[test]
+    fn a_rollback_names_the_rule_the_canary_broke() {
+        let failed = |rules: serde_json::Value| -> AnalysisResult {
+            serde_json::from_value(serde_json::json!({
+                "time": "2026-12-04T10:05:00Z", "version": "v2", "requests": 40,
+                "verdict": "Fail", "failedRules": rules}))
+            .unwrap()
+        };
+        let stable_only = failed(serde_json::json!(["Stable"]));
+        assert_eq!(
+            failed_analysis_reason(Some(&stable_only)),
+            "WorseThanStable"
+        );
+        let both = failed(serde_json::json!(["Stable", "Slo"]));
+        assert_eq!(failed_analysis_reason(Some(&both)), "SloBreached");
+        assert_eq!(failed_analysis_reason(None), "AnalysisFailed");
     }
 }

@@ -540,6 +540,7 @@ fn status_follows_observed_readiness_and_replicas_follow_the_spec() {
             observed: Observed {
                 replicas: 2,
                 ready: 2,
+                ..Default::default()
             },
             replicas: 2,
             phase: Phase::Available,
@@ -548,9 +549,23 @@ fn status_follows_observed_readiness_and_replicas_follow_the_spec() {
         },
         Case {
             spec: "{stable: v1, replicas: 2}",
+            // A scale-up (or a replacement) whose new pod is starting: serving as before.
             observed: Observed {
                 replicas: 2,
                 ready: 1,
+                ..Default::default()
+            },
+            replicas: 2,
+            phase: Phase::Available,
+            ready: "1/2",
+            available: "True",
+        },
+        Case {
+            spec: "{stable: v1, replicas: 2}",
+            observed: Observed {
+                replicas: 2,
+                ready: 1,
+                failing: 1,
             },
             replicas: 2,
             phase: Phase::Degraded,
@@ -562,6 +577,7 @@ fn status_follows_observed_readiness_and_replicas_follow_the_spec() {
             observed: Observed {
                 replicas: 1,
                 ready: 0,
+                ..Default::default()
             },
             replicas: 1,
             phase: Phase::Pending,
@@ -582,6 +598,7 @@ fn status_follows_observed_readiness_and_replicas_follow_the_spec() {
             observed: Observed {
                 replicas: 7,
                 ready: 7,
+                ..Default::default()
             },
             replicas: 5,
             phase: Phase::Available,
@@ -637,6 +654,7 @@ fn the_applied_hash_changes_with_the_pod_and_only_with_it() {
             Observed {
                 replicas: 1,
                 ready: observed_ready,
+                ..Default::default()
             },
         )]);
         let out = build(&llmd("{stable: v1}"), &versions, &observed, &settings());
@@ -683,6 +701,7 @@ fn the_planner_keeps_the_old_split_until_a_directly_changed_stable_is_ready() {
                 Observed {
                     replicas: 1,
                     ready: 1,
+                    ..Default::default()
                 },
             ),
             (
@@ -690,6 +709,7 @@ fn the_planner_keeps_the_old_split_until_a_directly_changed_stable_is_ready() {
                 Observed {
                     replicas: 1,
                     ready: v2_ready,
+                    ..Default::default()
                 },
             ),
         ]);
@@ -891,4 +911,44 @@ fn with_network_policy_the_pods_accept_only_ferrys_and_the_named_namespaces_on_t
             "ports": [{"port": 8000, "protocol": "TCP"}],
         }])
     );
+}
+
+/// A new experiment said `Experimenting 0/2` before any pod was ready; the README says Pending.
+#[test]
+fn an_experiment_is_pending_until_a_pod_is_ready() {
+    let spec =
+        "{source: {pvc: {claimName: w}}, format: gguf, files: [m.gguf], resources: {gpus: 0}}";
+    let mut versions = mv("v1", spec);
+    versions.extend(mv("v2", spec));
+    let llmd = llmd(
+        "{stable: v1, experiment: {variants: [{name: a, version: v1, weight: 50}, \
+         {name: b, version: v2, weight: 50}]}}",
+    );
+    let settings = settings();
+    let phase = |ready| {
+        let observed: BTreeMap<String, Observed> = ["v1", "v2"]
+            .iter()
+            .map(|v| {
+                let o = Observed {
+                    replicas: 1,
+                    ready,
+                    ..Default::default()
+                };
+                (v.to_string(), o)
+            })
+            .collect();
+        let inputs = Inputs {
+            llmd: &llmd,
+            versions: &versions,
+            observed: &observed,
+            signals: &Signals::default(),
+            settings: &settings,
+            now: k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+            mono_seconds: 0.0,
+            autoscale_interval: std::time::Duration::from_secs(5),
+        };
+        plan(&inputs, &mut BTreeMap::new()).status.phase
+    };
+    assert_eq!(phase(0), Some(Phase::Pending));
+    assert_eq!(phase(1), Some(Phase::Experimenting));
 }

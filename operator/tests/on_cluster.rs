@@ -11,7 +11,7 @@ use ferry_e2e::Cluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::ListParams;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 
 const POD_START: Duration = Duration::from_secs(120);
 
@@ -646,5 +646,112 @@ async fn only_the_leader_writes_and_a_standby_takes_over_and_converges() {
         ])
         .ok("lease");
     assert_eq!(lease_holder, "op-second");
+    common::delete_cluster_rbac(&ns);
+}
+
+/// Each Event says what happened when it happened: two canary steps are two Events with their
+/// own notes (kube-runtime's recorder folded them into one that kept the first note), while a
+/// Warning that recurs is one Event whose series counts the repeats.
+#[tokio::test]
+async fn events_keep_their_own_notes_and_only_a_recurring_warning_folds() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::api::events::v1::Event;
+    use kube::runtime::events::EventType;
+    let cluster = Cluster::get();
+    let ns = cluster.temp_namespace("op-events");
+    let client = cluster.client().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let object: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "chat"}}))
+    .unwrap();
+    let object = maps
+        .create(&kube::api::PostParams::default(), &object)
+        .await
+        .unwrap();
+    let reference = object.object_ref(&());
+    let recorder = ferry_operator::events::Recorder::new(client.clone(), "test", "test-0");
+    for note in [
+        "canary v2 at 20% of traffic",
+        "canary v2 at 50% of traffic",
+        "canary v3 at 20% of traffic",
+    ] {
+        recorder
+            .publish(&reference, EventType::Normal, "CanaryStep", note)
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        recorder
+            .publish(
+                &reference,
+                EventType::Warning,
+                "InvalidSpec",
+                "v9 not found",
+            )
+            .await
+            .unwrap();
+    }
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let mut listed = events.list(&ListParams::default()).await.unwrap().items;
+    listed.sort_by_key(|e| e.event_time.clone().map(|t| t.0));
+    let said: Vec<(String, String, i32)> = listed
+        .iter()
+        .map(|e| {
+            (
+                e.reason.clone().unwrap_or_default(),
+                e.note.clone().unwrap_or_default(),
+                e.series.as_ref().map_or(1, |s| s.count),
+            )
+        })
+        .collect();
+    let want = |reason: &str, note: &str, count| (reason.to_string(), note.to_string(), count);
+    assert_eq!(
+        said,
+        [
+            want("CanaryStep", "canary v2 at 20% of traffic", 1),
+            want("CanaryStep", "canary v2 at 50% of traffic", 1),
+            want("CanaryStep", "canary v3 at 20% of traffic", 1),
+            want("InvalidSpec", "v9 not found", 3),
+        ]
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == object.uid().as_deref())
+    );
+}
+
+/// A ModelVersion reconciled while the operator may not list pods (its pod cache never fills)
+/// once waited for that cache for ever, and never got a status. It gets one now: validity needs
+/// no pods; only the cold start does.
+#[tokio::test]
+async fn a_model_version_gets_a_status_even_when_the_pod_cache_never_fills() {
+    let cluster = Cluster::get();
+    let ns = cluster.temp_namespace("op-nopods");
+    let client = cluster.client().await;
+    let kubeconfig = common::restricted_kubeconfig_edited(&ns, |rbac| {
+        assert!(
+            rbac.contains("resources: [pods]"),
+            "the chart's RBAC lists pods"
+        );
+        rbac.replace("resources: [pods]", "resources: [no-such-resource]")
+    });
+    let _operator = Operator::start_as(&ns, "op-np", &[], &kubeconfig);
+    apply(
+        &ns,
+        &tiny_model_version("v1", "{pvc: {claimName: weights}}"),
+    );
+    let mvs: Api<ModelVersion> = Api::namespaced(client, &ns.name);
+    let status = wait_for("a ModelVersion status", Duration::from_secs(60), || async {
+        let mv = mvs.get("v1").await.ok()?;
+        let status = mv.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Valid" && c.status == "True")
+            .then_some(status)
+    })
+    .await;
+    assert!(status.source.is_some(), "{status:?}");
     common::delete_cluster_rbac(&ns);
 }

@@ -883,6 +883,10 @@ spec:
         analysis.latency_p95_ms, baseline.latency_p95_ms
     );
     assert!(message.contains(" ms > stable v1 "), "{message}");
+    // The rule it broke is the comparison, not an SLO (it has none).
+    assert_eq!(analysis.failed_rules, [ferry_crds::AnalysisRule::Stable]);
+    let object = s.object("chat").await;
+    assert_eq!(condition(&object, "Stalled"), "True/WorseThanStable");
     assert_eq!(baseline.version, "v1");
     assert!(baseline.requests >= 3, "{baseline:?}");
     assert_eq!(failed, 0, "client requests failed: {last}");

@@ -285,9 +285,19 @@ impl Drop for WeightsServer {
 /// binding get per-namespace names) and returns a kubeconfig that authenticates as it: tests run
 /// the operator with exactly the permissions the chart grants.
 pub fn restricted_kubeconfig(ns: &TempNamespace) -> PathBuf {
+    restricted_kubeconfig_edited(ns, |rbac| rbac)
+}
+
+/// As [`restricted_kubeconfig`], with the chart's RBAC edited by `edit` first (a permission
+/// taken away).
+pub fn restricted_kubeconfig_edited(
+    ns: &TempNamespace,
+    edit: impl Fn(String) -> String,
+) -> PathBuf {
     let cluster = Cluster::get();
     let rbac = std::fs::read_to_string(ferry_e2e::repo_root().join("manifests/rbac/operator.yaml"))
-        .unwrap()
+        .unwrap();
+    let rbac = edit(rbac)
         .replace(
             "namespace: ferry-system",
             &format!("namespace: {}", ns.name),
