@@ -27,6 +27,7 @@ pub mod rollout;
 mod signals;
 pub mod status;
 pub mod validate;
+pub mod verdict;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
