@@ -22,10 +22,37 @@ pub struct Baseline {
     #[schemars(range(min = 0, max = 10000))]
     pub latency_increase_percent: u32,
     /// Differences in TTFT, latency or inter-token p95 smaller than this many milliseconds never
-    /// count (the noise of small numbers).
+    /// count (the noise of small numbers). `Threshold` only.
     #[serde(default = "default_min_increase_ms")]
     #[schemars(range(min = 0, max = 600000))]
     pub min_increase_ms: u32,
+    /// How the canary is compared with the stable. `Threshold` (default): each p95 of the window
+    /// against the stable's plus the tolerances. `Statistical`: a one-sided test per metric on
+    /// the routers' histograms (Mann-Whitney for latencies, two proportions for errors), the
+    /// window growing from the step's start (up to 10 minutes) until enough requests are in to
+    /// catch twice the tolerance; needs the routers' statistics (not `prometheus`).
+    #[serde(default)]
+    pub method: ComparisonMethod,
+    /// `Statistical`: the confidence of a verdict, percent. A canary within the tolerances fails
+    /// an analysis at most 100 − this percent of the time; one twice the tolerance worse is
+    /// caught at least this often, once the requests it needs are in.
+    #[serde(default = "default_confidence_percent")]
+    #[schemars(range(min = 50.0, max = 99.9))]
+    pub confidence_percent: f64,
+}
+
+/// How a canary is compared with its stable.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ComparisonMethod {
+    /// The window's p95s and error rate against the stable's plus the tolerances.
+    #[default]
+    Threshold,
+    /// One-sided tests with stated error rates (see `confidencePercent`).
+    Statistical,
+}
+
+fn default_confidence_percent() -> f64 {
+    95.0
 }
 
 impl Default for Baseline {
@@ -35,6 +62,8 @@ impl Default for Baseline {
             error_rate_points: default_error_rate_points(),
             latency_increase_percent: default_latency_increase_percent(),
             min_increase_ms: default_min_increase_ms(),
+            method: ComparisonMethod::default(),
+            confidence_percent: default_confidence_percent(),
         }
     }
 }

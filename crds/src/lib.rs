@@ -23,7 +23,7 @@ mod llm_deployment;
 mod model_version;
 mod validate;
 
-pub use baseline::{Baseline, Numbers};
+pub use baseline::{Baseline, ComparisonMethod, Numbers};
 pub use condition::{ConditionStatus, conditions_schema};
 pub use llm_deployment::*;
 pub use model_version::*;

@@ -227,8 +227,9 @@ fn default_pause_seconds() -> i32 {
 }
 
 /// How a canary step is judged against the SLOs.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.prometheus) || !has(self.baseline) || !has(self.baseline.method) || self.baseline.method != 'Statistical' || (has(self.baseline.enabled) && !self.baseline.enabled)").message("baseline.method Statistical needs the routers' histograms: remove prometheus or use Threshold"))]
 pub struct Analysis {
     /// Seconds between analyses; each reads the router's per-version stats over this window.
     #[serde(default = "default_interval_seconds")]

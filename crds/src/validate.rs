@@ -159,6 +159,15 @@ impl Validate for LLMDeploymentSpec {
                     || s.inter_token_p95_ms.is_some()
                     || s.error_rate_percent.is_some()
             });
+            if canary.analysis.baseline.enabled
+                && canary.analysis.baseline.method == crate::ComparisonMethod::Statistical
+                && canary.analysis.prometheus.is_some()
+            {
+                out.push(Violation::new(
+                    "spec.canary.analysis",
+                    "baseline.method Statistical needs the routers' histograms: remove prometheus or use Threshold",
+                ));
+            }
             if !canary.analysis.baseline.enabled && !objectives {
                 out.push(Violation::new(
                     "spec",

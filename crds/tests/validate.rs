@@ -123,6 +123,13 @@ fn llm_deployment_rules() {
             &[],
         ),
         (
+            "statistical comparison from prometheus",
+            "stable: v1\ncanary: {version: v2, analysis: {prometheus: {address: 'http://p:9090'}, baseline: {method: Statistical}}}",
+            &[
+                "spec.canary.analysis: baseline.method Statistical needs the routers' histograms: remove prometheus or use Threshold",
+            ],
+        ),
+        (
             "canary judged by nothing",
             "stable: v1\ncanary: {version: v2, analysis: {baseline: {enabled: false}}}\nslo: {}",
             &[
@@ -373,7 +380,7 @@ use serde::Deserialize;
 #[test]
 fn cel_rules_are_evaluated() {
     // Guards the parity checks above against passing vacuously.
-    assert_eq!(cel_messages::<LLMDeployment>().len(), 9);
+    assert_eq!(cel_messages::<LLMDeployment>().len(), 10);
     assert_eq!(cel_messages::<ModelVersion>().len(), 5);
     let obj: LLMDeployment = object("LLMDeployment", "stable: v1\ncanary: {version: v1}");
     assert_eq!(

@@ -109,7 +109,8 @@ fn server_fills_in_documented_defaults() {
             "version": "v2", "replicas": 1, "rollbackWindowSeconds": 600, "progressDeadlineSeconds": 600,
             "steps": [{"weight": 5, "pauseSeconds": 60}, {"weight": 25, "pauseSeconds": 60}, {"weight": 50, "pauseSeconds": 60}],
             "analysis": {"intervalSeconds": 30, "minRequests": 20, "failureLimit": 2,
-                         "baseline": {"enabled": true, "errorRatePoints": 1, "latencyIncreasePercent": 50, "minIncreaseMs": 50}},
+                         "baseline": {"enabled": true, "errorRatePoints": 1, "latencyIncreasePercent": 50, "minIncreaseMs": 50,
+                                      "method": "Threshold", "confidencePercent": 95}},
         })
     );
     assert_eq!(

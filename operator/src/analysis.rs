@@ -2,7 +2,11 @@
 //! per-variant numbers of an experiment.
 
 use ferry_contract::stats::{Counts, SeriesKey, SeriesSummary, Summary};
-use ferry_crds::{AnalysisResult, AnalysisRule, Baseline, Numbers, Slo, VariantStats, Verdict};
+use ferry_crds::{
+    AnalysisResult, AnalysisRule, Baseline, ComparisonMethod, Numbers, Slo, VariantStats, Verdict,
+};
+
+use crate::verdict;
 
 /// Everything the routers counted for one version of one model over the window: all its
 /// variants, or only `variant`.
@@ -42,6 +46,9 @@ pub struct Measured {
     pub inter_token_p95_ms: Option<f64>,
     /// Failed requests, percent (`None` without requests).
     pub error_rate_percent: Option<f64>,
+    /// The routers' counts behind the numbers (not from Prometheus): what the statistical
+    /// comparison tests.
+    pub counts: Option<Counts>,
 }
 
 impl Measured {
@@ -54,6 +61,7 @@ impl Measured {
             latency_p95_ms: summary.latency_ms.p95,
             inter_token_p95_ms: summary.inter_token_ms.p95,
             error_rate_percent: (counts.requests > 0).then_some(summary.error_rate * 100.0),
+            counts: Some(counts.clone()),
         }
     }
 }
@@ -77,6 +85,8 @@ impl Measured {
 pub struct Objectives<'a> {
     pub slo: &'a Slo,
     pub baseline: Option<(&'a Numbers, &'a Baseline)>,
+    /// The stable's counts over the same window, for `ComparisonMethod::Statistical`.
+    pub stable_counts: Option<&'a Counts>,
 }
 
 /// The verdict on `version` from the routers' counts (see [`judge_measured`]).
@@ -150,7 +160,39 @@ pub fn judge_measured(
             _ => {}
         }
     }
-    if let Some((base, tolerance)) = objectives.baseline.filter(|(_, t)| t.enabled) {
+    let statistical = objectives
+        .baseline
+        .filter(|(_, t)| t.enabled && t.method == ComparisonMethod::Statistical);
+    let mut tested = Vec::new();
+    if let Some((base, tolerance)) = statistical {
+        match (m.counts.as_ref(), objectives.stable_counts) {
+            (Some(canary), Some(stable)) => {
+                for t in statistical_tests(canary, stable, tolerance, min_requests) {
+                    match t.call {
+                        verdict::Call::Worse => {
+                            breaches.push(format!("{} vs stable {}", describe(&t), base.version));
+                            push_rule(&mut rules, AnalysisRule::Stable);
+                        }
+                        verdict::Call::KeepCollecting => missing.push(format!(
+                            "{}: keep collecting ({} and {} requests of the {} needed)",
+                            t.metric, t.canary, t.stable, t.needed
+                        )),
+                        verdict::Call::NotWorse => tested.push(describe(&t)),
+                    }
+                }
+            }
+            // After a promotion the stable takes no traffic: nothing to test against.
+            (Some(_), None) => {}
+            (None, _) => missing.push(
+                "no histograms to compare with the stable (baseline.method Statistical reads the routers)"
+                    .to_string(),
+            ),
+        }
+    }
+    if let Some((base, tolerance)) = objectives
+        .baseline
+        .filter(|(_, t)| t.enabled && t.method == ComparisonMethod::Threshold)
+    {
         if base.requests < i64::from(min_requests) {
             missing.push(format!(
                 "stable {} had {} requests in the window, fewer than minRequests {min_requests}",
@@ -206,12 +248,22 @@ pub fn judge_measured(
     } else if !missing.is_empty() {
         (Verdict::Inconclusive, missing.join("; "))
     } else {
-        let compared = objectives
-            .baseline
-            .filter(|(_, t)| t.enabled)
-            .map_or(String::new(), |(b, _)| {
-                format!(", no worse than stable {} beyond the tolerances", b.version)
-            });
+        let compared = match objectives.baseline.filter(|(_, t)| t.enabled) {
+            Some((b, t)) if t.method == ComparisonMethod::Statistical && !tested.is_empty() => {
+                format!(
+                    ", not worse than stable {} beyond the tolerances at {}% confidence ({})",
+                    b.version,
+                    round(t.confidence_percent),
+                    tested.join("; ")
+                )
+            }
+            Some((_, t)) if t.method == ComparisonMethod::Statistical => {
+                ", no comparison with the stable (it takes no traffic since the promotion)"
+                    .to_string()
+            }
+            Some((b, _)) => format!(", no worse than stable {} beyond the tolerances", b.version),
+            None => String::new(),
+        };
         (
             Verdict::Pass,
             format!("every objective held over {requests} requests{compared}"),
@@ -238,6 +290,56 @@ pub fn judge_measured(
         },
         verdict,
         reason: Some(reason),
+    }
+}
+
+/// The statistical comparison of the canary's counts with the stable's: the latencies with data
+/// in either version, and the error rate, sharing the confidence's false-failure budget.
+fn statistical_tests(
+    canary: &Counts,
+    stable: &Counts,
+    tolerance: &Baseline,
+    min_requests: i32,
+) -> Vec<verdict::Test> {
+    let latencies: Vec<_> = [
+        ("ttft", &canary.ttft, &stable.ttft),
+        ("inter-token", &canary.inter_token, &stable.inter_token),
+        ("latency", &canary.latency, &stable.latency),
+    ]
+    .into_iter()
+    // Inter-token latency exists only for streams: a window without any tests nothing there.
+    .filter(|(_, c, s)| c.count + s.count > 0)
+    .collect();
+    let rule = verdict::Rule {
+        latency_tolerance_percent: f64::from(tolerance.latency_increase_percent),
+        error_rate_points: tolerance.error_rate_points,
+        confidence: tolerance.confidence_percent / 100.0,
+        metrics: latencies.len() as u32 + 1,
+        min_requests: min_requests.max(0) as u64,
+    };
+    let mut tests: Vec<_> = latencies
+        .into_iter()
+        .map(|(metric, c, s)| rule.latency(metric, c, s))
+        .collect();
+    tests.push(rule.error_rate(
+        (canary.errors, canary.requests),
+        (stable.errors, stable.requests),
+    ));
+    tests
+}
+
+/// A test as the reason says it: the estimate, the p-value, the requests.
+fn describe(t: &verdict::Test) -> String {
+    if t.metric == "error rate" {
+        format!(
+            "error rate {:+.2} points (p = {:.3}) over {}/{} requests",
+            t.estimate, t.p_value, t.canary, t.stable
+        )
+    } else {
+        format!(
+            "{} P(canary slower than stable + tolerance) = {:.2} (p = {:.3}) over {}/{} requests",
+            t.metric, t.estimate, t.p_value, t.canary, t.stable
+        )
     }
 }
 
@@ -325,6 +427,7 @@ mod tests {
         Objectives {
             slo,
             baseline: None,
+            stable_counts: None,
         }
     }
 
@@ -468,6 +571,67 @@ mod tests {
         }
     }
 
+    /// Latencies spread like a service's: `n` requests from `base_ms` to about 3 × `base_ms`.
+    fn spread(n: u64, errors: u64, base_ms: f64) -> Counts {
+        let mut c = Counts {
+            requests: n,
+            errors,
+            ..Default::default()
+        };
+        for i in 0..n {
+            let ms = base_ms * (1.0 + 2.0 * ((i * 7919) % n) as f64 / n as f64);
+            c.latency.observe(Duration::from_secs_f64(ms / 1e3));
+            c.ttft.observe(Duration::from_secs_f64(ms / 4e3));
+        }
+        c
+    }
+
+    #[test]
+    fn the_statistical_comparison_keeps_collecting_then_passes_the_same_and_fails_the_slower() {
+        let tolerance = Baseline {
+            method: ComparisonMethod::Statistical,
+            latency_increase_percent: 10,
+            ..Baseline::default()
+        };
+        let none = Slo::default();
+        let judged = |canary: &Counts, stable_counts: &Counts| {
+            let base = Measured::from_counts(stable_counts).numbers("v1");
+            judge(
+                "v2",
+                canary,
+                &Objectives {
+                    slo: &none,
+                    baseline: Some((&base, &tolerance)),
+                    stable_counts: Some(stable_counts),
+                },
+                3,
+                "t".into(),
+            )
+        };
+        // 30 requests each of the same latencies: not enough to tell 20% apart — keep collecting.
+        let r = judged(&spread(30, 0, 400.0), &spread(30, 0, 400.0));
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{:?}", r.reason);
+        assert!(
+            r.reason.as_ref().unwrap().contains("keep collecting"),
+            "{:?}",
+            r.reason
+        );
+        // Enough of them: the same latencies pass, and the reason says the numbers.
+        let r = judged(&spread(3000, 0, 400.0), &spread(3000, 0, 400.0));
+        assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.reason);
+        let reason = r.reason.unwrap();
+        assert!(
+            reason.contains("not worse than stable v1 beyond the tolerances at 95% confidence")
+                && reason.contains("p = "),
+            "{reason}"
+        );
+        // 40% slower in every request: failed as soon as it is significant, by the comparison.
+        let r = judged(&spread(60, 0, 560.0), &spread(60, 0, 400.0));
+        assert_eq!(r.verdict, Verdict::Fail, "{:?}", r.reason);
+        assert_eq!(r.failed_rules, [AnalysisRule::Stable]);
+        assert!(r.reason.unwrap().contains("vs stable v1"));
+    }
+
     #[test]
     fn without_an_slo_the_canary_is_judged_against_the_stable_with_tolerances() {
         let tolerance = Baseline::default();
@@ -479,6 +643,7 @@ mod tests {
                 &Objectives {
                     slo: &none,
                     baseline: Some((base, &tolerance)),
+                    stable_counts: None,
                 },
                 20,
                 "t".into(),

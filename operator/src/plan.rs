@@ -324,6 +324,7 @@ fn judge(
     let objectives = analysis::Objectives {
         slo: &slo,
         baseline: baseline.as_ref().map(|b| (b, tolerance)),
+        stable_counts: m.stable.as_ref().and_then(|s| s.counts.as_ref()),
     };
     analysis::judge_measured(
         &record.version,

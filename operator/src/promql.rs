@@ -169,6 +169,7 @@ pub async fn measure(
         ttft_p95_ms: values[2],
         latency_p95_ms: values[3],
         inter_token_p95_ms: values[4],
+        counts: None,
     })
 }
 

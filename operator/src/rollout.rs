@@ -160,8 +160,28 @@ pub fn analysis_due(
         _ => false,
     };
     let interval = f64::from(canary.analysis.interval_seconds);
-    (analysed && seconds_since(now, parse(record.last_analysis_at.as_ref())) >= interval)
-        .then(|| canary.analysis.interval_seconds.clamp(1, 600) as u64)
+    let due = analysed && seconds_since(now, parse(record.last_analysis_at.as_ref())) >= interval;
+    due.then(|| analysis_window(canary, record, now))
+}
+
+/// The window an analysis reads: the interval; with the statistical comparison, everything since
+/// the step began (a step keeps collecting until enough requests are in), at least the interval
+/// and at most the routers' longest window.
+fn analysis_window(canary: &ferry_crds::Canary, record: &RolloutStatus, now: Timestamp) -> u64 {
+    let interval = canary.analysis.interval_seconds.clamp(1, 600) as u64;
+    let baseline = &canary.analysis.baseline;
+    if !(baseline.enabled && baseline.method == ferry_crds::ComparisonMethod::Statistical)
+        || record.state != RolloutState::Analysing
+    {
+        return interval;
+    }
+    let since = seconds_since(now, parse(record.step_started_at.as_ref()));
+    let longest = ferry_contract::stats::MAX_WINDOW.as_secs();
+    if since.is_finite() {
+        (since.ceil() as u64).clamp(interval, longest)
+    } else {
+        interval
+    }
 }
 
 /// One step of the rollout machine. `analysis` is the analysis that [`analysis_due`] asked for,
@@ -543,6 +563,36 @@ pub fn roles(spec: &LLMDeploymentSpec, record: Option<&RolloutStatus>, now: Time
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::SignedDuration;
+
+    /// The statistical comparison reads everything since the step began (it keeps collecting);
+    /// the threshold comparison one interval.
+    #[test]
+    fn a_statistical_analysis_reads_the_whole_step_so_far() {
+        let canary = |method: &str| -> ferry_crds::Canary {
+            serde_json::from_value(serde_json::json!({"version": "v2",
+                "analysis": {"intervalSeconds": 15, "baseline": {"method": method}}}))
+            .unwrap()
+        };
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let record: RolloutStatus = serde_json::from_value(serde_json::json!({
+            "version": "v2", "previousStable": "v1", "generation": 1, "state": "Analysing",
+            "step": 0, "startedAt": timestamp(now), "failedAnalyses": 0,
+            "stepStartedAt": timestamp(now - SignedDuration::from_secs(100))}))
+        .unwrap();
+        assert_eq!(analysis_window(&canary("Statistical"), &record, now), 100);
+        assert_eq!(analysis_window(&canary("Threshold"), &record, now), 15);
+        let long_ago = RolloutStatus {
+            step_started_at: Some(timestamp(now - SignedDuration::from_secs(5000))),
+            ..record.clone()
+        };
+        assert_eq!(analysis_window(&canary("Statistical"), &long_ago, now), 600);
+        let just_now = RolloutStatus {
+            step_started_at: Some(timestamp(now)),
+            ..record
+        };
+        assert_eq!(analysis_window(&canary("Statistical"), &just_now, now), 15);
+    }
     use ferry_crds::{Analysis, CanaryStep};
 
     fn spec() -> LLMDeploymentSpec {

@@ -16,8 +16,9 @@
 //!   at least `c`; an error rate twice the tolerance above the stable's likewise after its own
 //!   `needed` (reported; the error rate does not wait for it).
 //!
-//! Before `needed` requests the verdict is "keep collecting": no pass and no fail on a handful of
-//! requests. A regression only in the tail (the p95 slower, the median not) moves the
+//! Below [`FLOOR`] requests (or `min_requests`) there is no call at all. A canary significantly
+//! worse is failed from there on; "not worse" waits for `needed` requests, and until then the
+//! verdict is "keep collecting". A regression only in the tail (the p95 slower, the median not) moves the
 //! distribution less, and needs more requests to be caught than a uniform slowdown.
 
 use ferry_contract::stats::{BUCKET_BOUNDS_MS, Histogram};
@@ -85,7 +86,7 @@ impl Rule {
     pub fn latency(&self, metric: &'static str, canary: &Histogram, stable: &Histogram) -> Test {
         let needed = self.needed_latency(stable);
         let (n_c, n_s) = (canary.count, stable.count);
-        if n_c.min(n_s) < needed {
+        if n_c.min(n_s) < self.min_requests.max(FLOOR) {
             return Test {
                 metric,
                 call: Call::KeepCollecting,
@@ -101,13 +102,18 @@ impl Rule {
         let se = ((a + b + 1.0) / (12.0 * a * b)).sqrt();
         let z = (p - 0.5) / se;
         let p_value = 1.0 - normal_cdf(z);
+        // Worse is said as soon as it is significant; not worse only with the requests that
+        // would have caught twice the tolerance.
+        let call = if p_value < self.alpha() {
+            Call::Worse
+        } else if n_c.min(n_s) < needed {
+            Call::KeepCollecting
+        } else {
+            Call::NotWorse
+        };
         Test {
             metric,
-            call: if p_value < self.alpha() {
-                Call::Worse
-            } else {
-                Call::NotWorse
-            },
+            call,
             canary: n_c,
             stable: n_s,
             estimate: p,

@@ -1269,3 +1269,74 @@ spec:
     );
     s.cleanup();
 }
+
+/// `baseline.method: Statistical` on the real loop: an A/A canary (the stable's own build under
+/// another name) under load is promoted, with the numbers in the reason; then a canary 1.5 s
+/// slower per request is rolled back by the comparison (WorseThanStable), no client failing.
+#[tokio::test]
+async fn with_the_statistical_comparison_an_a_a_canary_is_promoted_and_a_slow_one_rolled_back() {
+    let s = setup("pd-stat").await;
+    let _operator = s.operator("op", &[]);
+    apply(&s.ns, &model_version("v1", "[]"));
+    apply(&s.ns, &model_version("v1-again", "[]"));
+    apply(
+        &s.ns,
+        &model_version("v2-slow", "[{name: FERRY_FAULT_LATENCY_MS, value: '1500'}]"),
+    );
+    s.serve_stable("v1").await;
+    let load = Load::start(&s.router, "chat", 6);
+    let canary = |version: &str| {
+        format!(
+            "{{version: {version}, steps: [{{weight: 50, pauseSeconds: 2}}], \
+             rollbackWindowSeconds: 2, analysis: {{intervalSeconds: 3, minRequests: 3, \
+             failureLimit: 2, baseline: {{method: Statistical}}}}}}"
+        )
+    };
+    apply(&s.ns, &with_canary(&canary("v1-again"), "{}"));
+    let since = Instant::now();
+    let promoted = wait_for(
+        "the A/A canary promoted",
+        Duration::from_secs(240),
+        || async {
+            let status = s.status("chat").await;
+            if status.phase == Some(Phase::RolledBack) {
+                panic!("the A/A canary was rolled back: {:?}", status.rollout);
+            }
+            (status.stable_version.as_deref() == Some("v1-again")).then_some(status)
+        },
+    )
+    .await;
+    let analysis = promoted.last_analysis.clone().unwrap();
+    println!(
+        "A/A canary promoted after {:?}: {}",
+        since.elapsed(),
+        analysis.reason.clone().unwrap_or_default()
+    );
+    s.wait_phase("chat", Phase::Available, Duration::from_secs(60))
+        .await;
+
+    apply(
+        &s.ns,
+        &with_canary(&canary("v2-slow"), "{}").replace("stable: v1,", "stable: v1-again,"),
+    );
+    let rolled_back = wait_for(
+        "the slow canary rolled back",
+        Duration::from_secs(240),
+        || async {
+            let status = s.status("chat").await;
+            (status.phase == Some(Phase::RolledBack)).then_some(status)
+        },
+    )
+    .await;
+    let message = rolled_back.rollout.clone().unwrap().message.unwrap();
+    println!("slow canary rolled back: {message}");
+    let analysis = rolled_back.last_analysis.clone().unwrap();
+    assert_eq!(analysis.failed_rules, [ferry_crds::AnalysisRule::Stable]);
+    assert!(message.contains("vs stable v1-again"), "{message}");
+    let object = s.object("chat").await;
+    assert_eq!(condition(&object, "Stalled"), "True/WorseThanStable");
+    let (answered, failed, last) = load.finish().await;
+    println!("answers by version: {answered:?}; failed: {failed}");
+    assert_eq!(failed, 0, "client requests failed: {last}");
+    s.cleanup();
+}
