@@ -26,13 +26,14 @@ pub struct Baseline {
     #[serde(default = "default_min_increase_ms")]
     #[schemars(range(min = 0, max = 600000))]
     pub min_increase_ms: u32,
-    /// How the canary is compared with the stable. `Threshold` (default): each p95 of the window
-    /// against the stable's plus the tolerances. `Statistical`: a one-sided test per metric on
-    /// the routers' histograms (Mann-Whitney for latencies, two proportions for errors), the
-    /// window growing from the step's start (up to 10 minutes) until enough requests are in to
-    /// catch twice the tolerance; needs the routers' statistics (not `prometheus`).
-    #[serde(default)]
-    pub method: ComparisonMethod,
+    /// How the canary is compared with the stable. `Statistical` (the default with the routers'
+    /// statistics): a one-sided test per metric on the routers' histograms (Mann-Whitney for
+    /// latencies, two proportions for errors), the window growing from the step's start (up to
+    /// 10 minutes) until enough requests are in to catch twice the tolerance. `Threshold` (the
+    /// default with `prometheus`, which gives numbers, not histograms): each p95 of the window
+    /// against the stable's plus the tolerances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<ComparisonMethod>,
     /// `Statistical`: the confidence of a verdict, percent. A canary within the tolerances fails
     /// an analysis at most 100 − this percent of the time; one twice the tolerance worse is
     /// caught at least this often, once the requests it needs are in.
@@ -42,13 +43,24 @@ pub struct Baseline {
 }
 
 /// How a canary is compared with its stable.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum ComparisonMethod {
     /// The window's p95s and error rate against the stable's plus the tolerances.
-    #[default]
     Threshold,
     /// One-sided tests with stated error rates (see `confidencePercent`).
     Statistical,
+}
+
+impl Baseline {
+    /// The comparison in effect: the one set, else Statistical with the routers' statistics and
+    /// Threshold with Prometheus.
+    pub fn method(&self, prometheus: bool) -> ComparisonMethod {
+        self.method.unwrap_or(if prometheus {
+            ComparisonMethod::Threshold
+        } else {
+            ComparisonMethod::Statistical
+        })
+    }
 }
 
 fn default_confidence_percent() -> f64 {
@@ -62,7 +74,7 @@ impl Default for Baseline {
             error_rate_points: default_error_rate_points(),
             latency_increase_percent: default_latency_increase_percent(),
             min_increase_ms: default_min_increase_ms(),
-            method: ComparisonMethod::default(),
+            method: None,
             confidence_percent: default_confidence_percent(),
         }
     }

@@ -160,7 +160,7 @@ impl Validate for LLMDeploymentSpec {
                     || s.error_rate_percent.is_some()
             });
             if canary.analysis.baseline.enabled
-                && canary.analysis.baseline.method == crate::ComparisonMethod::Statistical
+                && canary.analysis.baseline.method == Some(crate::ComparisonMethod::Statistical)
                 && canary.analysis.prometheus.is_some()
             {
                 out.push(Violation::new(

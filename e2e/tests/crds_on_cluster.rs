@@ -110,7 +110,7 @@ fn server_fills_in_documented_defaults() {
             "steps": [{"weight": 5, "pauseSeconds": 60}, {"weight": 25, "pauseSeconds": 60}, {"weight": 50, "pauseSeconds": 60}],
             "analysis": {"intervalSeconds": 30, "minRequests": 20, "failureLimit": 2,
                          "baseline": {"enabled": true, "errorRatePoints": 1, "latencyIncreasePercent": 50, "minIncreaseMs": 50,
-                                      "method": "Threshold", "confidencePercent": 95}},
+                                      "confidencePercent": 95}},
         })
     );
     assert_eq!(

@@ -160,9 +160,11 @@ pub fn judge_measured(
             _ => {}
         }
     }
+    let prometheus = source == "prometheus";
+    let method = |t: &Baseline| t.method(prometheus);
     let statistical = objectives
         .baseline
-        .filter(|(_, t)| t.enabled && t.method == ComparisonMethod::Statistical);
+        .filter(|(_, t)| t.enabled && method(t) == ComparisonMethod::Statistical);
     let mut tested = Vec::new();
     if let Some((base, tolerance)) = statistical {
         match (m.counts.as_ref(), objectives.stable_counts) {
@@ -191,7 +193,7 @@ pub fn judge_measured(
     }
     if let Some((base, tolerance)) = objectives
         .baseline
-        .filter(|(_, t)| t.enabled && t.method == ComparisonMethod::Threshold)
+        .filter(|(_, t)| t.enabled && method(t) == ComparisonMethod::Threshold)
     {
         if base.requests < i64::from(min_requests) {
             missing.push(format!(
@@ -249,7 +251,7 @@ pub fn judge_measured(
         (Verdict::Inconclusive, missing.join("; "))
     } else {
         let compared = match objectives.baseline.filter(|(_, t)| t.enabled) {
-            Some((b, t)) if t.method == ComparisonMethod::Statistical && !tested.is_empty() => {
+            Some((b, t)) if method(t) == ComparisonMethod::Statistical && !tested.is_empty() => {
                 format!(
                     ", not worse than stable {} beyond the tolerances at {}% confidence ({})",
                     b.version,
@@ -257,7 +259,7 @@ pub fn judge_measured(
                     tested.join("; ")
                 )
             }
-            Some((_, t)) if t.method == ComparisonMethod::Statistical => {
+            Some((_, t)) if method(t) == ComparisonMethod::Statistical => {
                 ", no comparison with the stable (it takes no traffic since the promotion)"
                     .to_string()
             }
@@ -589,7 +591,7 @@ mod tests {
     #[test]
     fn the_statistical_comparison_keeps_collecting_then_passes_the_same_and_fails_the_slower() {
         let tolerance = Baseline {
-            method: ComparisonMethod::Statistical,
+            method: Some(ComparisonMethod::Statistical),
             latency_increase_percent: 10,
             ..Baseline::default()
         };
@@ -634,7 +636,10 @@ mod tests {
 
     #[test]
     fn without_an_slo_the_canary_is_judged_against_the_stable_with_tolerances() {
-        let tolerance = Baseline::default();
+        let tolerance = Baseline {
+            method: Some(ComparisonMethod::Threshold),
+            ..Baseline::default()
+        };
         let none = Slo::default();
         let judged = |canary: &Counts, base: &Numbers| {
             judge(

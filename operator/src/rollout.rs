@@ -170,9 +170,9 @@ pub fn analysis_due(
 fn analysis_window(canary: &ferry_crds::Canary, record: &RolloutStatus, now: Timestamp) -> u64 {
     let interval = canary.analysis.interval_seconds.clamp(1, 600) as u64;
     let baseline = &canary.analysis.baseline;
-    if !(baseline.enabled && baseline.method == ferry_crds::ComparisonMethod::Statistical)
-        || record.state != RolloutState::Analysing
-    {
+    let statistical = baseline.method(canary.analysis.prometheus.is_some())
+        == ferry_crds::ComparisonMethod::Statistical;
+    if !(baseline.enabled && statistical) || record.state != RolloutState::Analysing {
         return interval;
     }
     let since = seconds_since(now, parse(record.step_started_at.as_ref()));
