@@ -49,6 +49,12 @@ use crate::{Baseline, Numbers};
         json_path = ".status.canaryWeight",
         description = "Percent of traffic sent to the canary"
     ),
+    printcolumn(
+        name = "Variants",
+        type_ = "string",
+        json_path = ".status.variantSplit",
+        description = "An experiment's variants and their weights"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Ready",
@@ -567,6 +573,9 @@ pub struct LLMDeploymentStatus {
     /// Per-variant metrics of a running experiment, over the router's last window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<VariantStats>,
+    /// An experiment's split in a line, e.g. `control 70%, batch16 30%` (the Variants column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant_split: Option<String>,
     /// In-cluster OpenAI base URL for this model (the router).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,

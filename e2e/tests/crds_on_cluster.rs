@@ -174,7 +174,7 @@ async fn kubectl_get_shows_the_printer_columns() {
     assert_eq!(
         header,
         [
-            "NAME", "MODEL", "STABLE", "CANARY", "WEIGHT", "PHASE", "READY", "AGE"
+            "NAME", "MODEL", "STABLE", "CANARY", "WEIGHT", "VARIANTS", "PHASE", "READY", "AGE"
         ],
         "{out}"
     );
@@ -191,6 +191,17 @@ async fn kubectl_get_shows_the_printer_columns() {
         ],
         "{out}"
     );
+
+    // An experiment's split, in its own column.
+    let split =
+        json!({"status": {"phase": "Experimenting", "variantSplit": "control 70%, batch16 30%"}});
+    llmds
+        .patch_status("smollm2-ab", &PatchParams::default(), &Patch::Merge(&split))
+        .await
+        .unwrap();
+    let out = ns.kubectl(["get", "llmd"]).ok("kubectl get llmd");
+    let (_, row) = table(&out, "smollm2-ab");
+    assert!(row.iter().any(|c| c == "control 70%, batch16 30%"), "{out}");
 
     let out = ns.kubectl(["get", "mv"]).ok("kubectl get mv");
     let (header, row) = table(&out, "smollm2-135m-q4");

@@ -28,6 +28,13 @@ pub fn rollout_status(
         )
     });
     status.variants = decided.variants.clone();
+    status.variant_split = llmd.spec.experiment.as_ref().map(|e| {
+        e.variants
+            .iter()
+            .map(|v| format!("{} {}%", v.name, v.weight))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
     if llmd.spec.experiment.is_some() && status.variants.is_empty() {
         // The routers did not answer: keep the last numbers rather than blanking them.
         status.variants = previous.map(|s| s.variants.clone()).unwrap_or_default();

@@ -947,8 +947,11 @@ fn an_experiment_is_pending_until_a_pod_is_ready() {
             mono_seconds: 0.0,
             autoscale_interval: std::time::Duration::from_secs(5),
         };
-        plan(&inputs, &mut BTreeMap::new()).status.phase
+        plan(&inputs, &mut BTreeMap::new()).status
     };
-    assert_eq!(phase(0), Some(Phase::Pending));
-    assert_eq!(phase(1), Some(Phase::Experimenting));
+    assert_eq!(phase(0).phase, Some(Phase::Pending));
+    let serving = phase(1);
+    assert_eq!(serving.phase, Some(Phase::Experimenting));
+    // `kubectl get llmd` shows the split (the Variants column).
+    assert_eq!(serving.variant_split.as_deref(), Some("a 50%, b 50%"));
 }
