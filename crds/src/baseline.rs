@@ -40,6 +40,12 @@ pub struct Baseline {
     #[serde(default = "default_confidence_percent")]
     #[schemars(range(min = 50.0, max = 99.9))]
     pub confidence_percent: f64,
+    /// `Statistical`: requests each version needs before a canary counts as not worse. Unset:
+    /// derived from the tolerance, the confidence and the stable's spread (what it takes to
+    /// catch twice the tolerance); set lower, a verdict comes sooner and promises less.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub required_requests: Option<i32>,
 }
 
 /// How a canary is compared with its stable.
@@ -76,6 +82,7 @@ impl Default for Baseline {
             min_increase_ms: default_min_increase_ms(),
             method: None,
             confidence_percent: default_confidence_percent(),
+            required_requests: None,
         }
     }
 }

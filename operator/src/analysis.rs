@@ -318,6 +318,7 @@ fn statistical_tests(
         confidence: tolerance.confidence_percent / 100.0,
         metrics: latencies.len() as u32 + 1,
         min_requests: min_requests.max(0) as u64,
+        required: tolerance.required_requests.map(|n| n.max(0) as u64),
     };
     let mut tests: Vec<_> = latencies
         .into_iter()
@@ -334,13 +335,14 @@ fn statistical_tests(
 fn describe(t: &verdict::Test) -> String {
     if t.metric == "error rate" {
         format!(
-            "error rate {:+.2} points (p = {:.3}) over {}/{} requests",
-            t.estimate, t.p_value, t.canary, t.stable
+            "error rate {:+.2} points ({:+.2} to {:+.2}; p = {:.3}) over {}/{} requests",
+            t.estimate, t.interval.0, t.interval.1, t.p_value, t.canary, t.stable
         )
     } else {
         format!(
-            "{} P(canary slower than stable + tolerance) = {:.2} (p = {:.3}) over {}/{} requests",
-            t.metric, t.estimate, t.p_value, t.canary, t.stable
+            "{} P(canary slower than stable + tolerance) = {:.2} ({:.2} to {:.2}; p = {:.3}) \
+             over {}/{} requests",
+            t.metric, t.estimate, t.interval.0, t.interval.1, t.p_value, t.canary, t.stable
         )
     }
 }

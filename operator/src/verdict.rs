@@ -47,6 +47,8 @@ pub struct Test {
     pub estimate: f64,
     /// The one-sided p-value of "no worse than the tolerance".
     pub p_value: f64,
+    /// The estimate's interval at the confidence (two-sided; the normal approximation).
+    pub interval: (f64, f64),
     /// Requests each version needs before a call is made.
     pub needed: u64,
 }
@@ -64,6 +66,8 @@ pub struct Rule {
     pub metrics: u32,
     /// Requests each version needs at least, whatever the derivation says.
     pub min_requests: u64,
+    /// Requests each version needs before "not worse", set by the user instead of derived.
+    pub required: Option<u64>,
 }
 
 /// Fewest requests per version for any call: below it the normal approximation is not trusted.
@@ -76,6 +80,11 @@ impl Rule {
     /// The one-sided level each metric is tested at.
     fn alpha(&self) -> f64 {
         (1.0 - self.confidence).clamp(1e-9, 0.5) / f64::from(self.metrics.max(1))
+    }
+
+    /// The half-width factor of a two-sided interval at the confidence.
+    fn z_interval(&self) -> f64 {
+        normal_quantile(0.5 + self.confidence.clamp(0.5, 0.999_999) / 2.0)
     }
 
     fn scale(&self) -> f64 {
@@ -94,6 +103,7 @@ impl Rule {
                 stable: n_s,
                 estimate: f64::NAN,
                 p_value: f64::NAN,
+                interval: (f64::NAN, f64::NAN),
                 needed,
             };
         }
@@ -118,6 +128,10 @@ impl Rule {
             stable: n_s,
             estimate: p,
             p_value,
+            interval: (
+                (p - self.z_interval() * se).max(0.0),
+                (p + self.z_interval() * se).min(1.0),
+            ),
             needed,
         }
     }
@@ -126,6 +140,9 @@ impl Rule {
     /// tolerance slower than this stable (every latency stretched; the stable's own spread).
     pub fn needed_latency(&self, stable: &Histogram) -> u64 {
         let floor = self.min_requests.max(FLOOR);
+        if let Some(required) = self.required {
+            return required.max(floor);
+        }
         if stable.count == 0 {
             return floor;
         }
@@ -157,6 +174,7 @@ impl Rule {
                 stable: n_s,
                 estimate: f64::NAN,
                 p_value: f64::NAN,
+                interval: (f64::NAN, f64::NAN),
                 needed,
             };
         }
@@ -168,8 +186,8 @@ impl Rule {
             r * (1.0 - r) / n as f64
         };
         let difference = rate(e_c, n_c) - rate(e_s, n_s);
-        let z =
-            (difference - self.error_rate_points / 100.0) / (var(e_c, n_c) + var(e_s, n_s)).sqrt();
+        let se = (var(e_c, n_c) + var(e_s, n_s)).sqrt();
+        let z = (difference - self.error_rate_points / 100.0) / se;
         let p_value = 1.0 - normal_cdf(z);
         Test {
             metric: "error rate",
@@ -182,6 +200,10 @@ impl Rule {
             stable: n_s,
             estimate: difference * 100.0,
             p_value,
+            interval: (
+                (difference - self.z_interval() * se) * 100.0,
+                (difference + self.z_interval() * se) * 100.0,
+            ),
             needed,
         }
     }
@@ -447,6 +469,7 @@ mod tests {
             confidence: 0.95,
             metrics: 4,
             min_requests: 0,
+            required: None,
         }
     }
 
@@ -521,6 +544,24 @@ mod tests {
         assert!(
             slower > 0.6 && (slower + faster - 1.0).abs() < 1e-9,
             "{slower} {faster}"
+        );
+    }
+
+    #[test]
+    fn the_requests_a_call_needs_can_be_set_and_the_interval_holds_the_estimate() {
+        let mut rng = Rng(3);
+        let (c, s) = (draw(&mut rng, STABLE, 300), draw(&mut rng, STABLE, 300));
+        let derived = rule(10.0).latency("ttft", &c.ttft, &s.ttft);
+        assert_eq!(derived.call, Call::KeepCollecting, "{derived:?}");
+        let set = Rule {
+            required: Some(200),
+            ..rule(10.0)
+        };
+        let t = set.latency("ttft", &c.ttft, &s.ttft);
+        assert_eq!((t.call, t.needed), (Call::NotWorse, 200), "{t:?}");
+        assert!(
+            t.interval.0 < t.estimate && t.estimate < t.interval.1,
+            "{t:?}"
         );
     }
 
