@@ -608,6 +608,84 @@ mod tests {
         );
     }
 
+    /// How a simulated rollout ended.
+    #[derive(Debug, PartialEq)]
+    enum End {
+        Promoted,
+        RolledBack,
+        NoData,
+    }
+
+    /// One rollout step as the operator runs it with the statistical comparison: every analysis
+    /// reads everything since the step began (`per_look` more requests per version each time),
+    /// the first "not worse" promotes, `failure_limit` failed analyses roll back, and after
+    /// `looks` analyses without a call the progress deadline ends it.
+    fn rollout(rule: &Rule, canary: Traffic, per_look: u64, looks: u32, rng: &mut Rng) -> End {
+        let failure_limit = 2;
+        let (mut c, mut s) = (draw(rng, canary, 0), draw(rng, STABLE, 0));
+        let mut failed = 0;
+        for _ in 0..looks {
+            for (window, traffic) in [(&mut c, canary), (&mut s, STABLE)] {
+                let more = draw(rng, traffic, per_look);
+                window.ttft.merge(&more.ttft);
+                window.inter_token.merge(&more.inter_token);
+                window.latency.merge(&more.latency);
+                window.errors += more.errors;
+                window.requests += more.requests;
+            }
+            match judge(rule, &c, &s) {
+                Call::NotWorse => return End::Promoted,
+                Call::Worse => {
+                    failed += 1;
+                    if failed >= failure_limit {
+                        return End::RolledBack;
+                    }
+                }
+                Call::KeepCollecting => {}
+            }
+        }
+        End::NoData
+    }
+
+    fn rollouts(rule: &Rule, canary: Traffic, per_look: u64, looks: u32, seed: u64) -> [u32; 3] {
+        let mut rng = Rng(seed);
+        let mut ends = [0; 3];
+        for _ in 0..1000 {
+            ends[match rollout(rule, canary, per_look, looks, &mut rng) {
+                End::Promoted => 0,
+                End::RolledBack => 1,
+                End::NoData => 2,
+            }] += 1;
+        }
+        ends
+    }
+
+    /// 1,000 simulated rollouts each: A/A canaries at the default tolerance (50%) and at 10%,
+    /// and a canary 25% slower in TTFT at a 10% tolerance; windows grow by 100 requests per
+    /// version per analysis, up to 30 analyses.
+    #[test]
+    fn simulated_rollouts_promote_a_a_canaries_and_roll_back_regressions() {
+        let default = rule(50.0);
+        let strict = rule(10.0);
+        let a_a = rollouts(&default, STABLE, 100, 30, 11);
+        let a_a_strict = rollouts(&strict, STABLE, 100, 30, 12);
+        let slower = rollouts(&strict, slower_ttft(1.25), 100, 30, 13);
+        // Exactly at the tolerance, with repeated looks at a growing window (not asserted: what
+        // the per-analysis budget becomes over a rollout).
+        let at = rollouts(&strict, slower_ttft(1.10), 100, 30, 14);
+        println!("1,000 rollouts each [promoted, rolled back, no data]:");
+        println!("  A/A at the default 50% tolerance: {a_a:?}");
+        println!("  A/A at a 10% tolerance: {a_a_strict:?}");
+        println!("  TTFT +25% at a 10% tolerance: {slower:?}");
+        println!("  TTFT +10% at a 10% tolerance: {at:?}");
+        assert!(a_a[1] < 50 && a_a_strict[1] < 50, "{a_a:?} {a_a_strict:?}");
+        assert!(
+            a_a[0] >= 950 && a_a_strict[0] >= 950,
+            "{a_a:?} {a_a_strict:?}"
+        );
+        assert!(slower[1] >= 950, "{slower:?}");
+    }
+
     /// At exactly the tolerance the canary is within it: it fails at most 1 − confidence of the
     /// time (the budget all four metrics share), whatever the spread.
     #[test]
