@@ -332,6 +332,7 @@ async fn experiment_stats(
 fn observe(llmd: &LLMDeployment, versions: &[String], ctx: &Context) -> BTreeMap<String, Observed> {
     let namespace = llmd.namespace().unwrap_or_default();
     let name = llmd.name_any();
+    let (now, startup) = (Timestamp::now(), ctx.settings.server.startup_seconds);
     versions
         .iter()
         .filter_map(|v| {
@@ -343,8 +344,6 @@ fn observe(llmd: &LLMDeployment, versions: &[String], ctx: &Context) -> BTreeMap
                 .as_ref()
                 .and_then(|s| s.selector.match_labels.clone())
                 .unwrap_or_default();
-            let now = Timestamp::now();
-            let startup = ctx.settings.server.startup_seconds;
             let failing = ctx
                 .pods
                 .state()

@@ -96,7 +96,7 @@ pub fn timestamp(t: Timestamp) -> String {
         .to_string()
 }
 
-fn parse(s: Option<&String>) -> Option<Timestamp> {
+pub(crate) fn parse(s: Option<&String>) -> Option<Timestamp> {
     s?.parse().ok()
 }
 

@@ -198,7 +198,7 @@ pub fn carried_analysis(
     record: Option<&RolloutStatus>,
 ) -> Option<AnalysisResult> {
     let (a, r) = (previous?, record?);
-    let at = |s: &str| s.parse::<k8s_openapi::jiff::Timestamp>().ok();
+    let at = |s: &String| rollout::parse(Some(s));
     let since_start =
         matches!((at(&a.time), at(&r.started_at)), (Some(t), Some(start)) if t >= start);
     (a.version == r.version && since_start).then(|| a.clone())

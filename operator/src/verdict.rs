@@ -53,6 +53,22 @@ pub struct Test {
     pub needed: u64,
 }
 
+impl Test {
+    /// No call yet: too few requests.
+    fn collecting(metric: &'static str, canary: u64, stable: u64, needed: u64) -> Self {
+        Test {
+            metric,
+            call: Call::KeepCollecting,
+            canary,
+            stable,
+            estimate: f64::NAN,
+            p_value: f64::NAN,
+            interval: (f64::NAN, f64::NAN),
+            needed,
+        }
+    }
+}
+
 /// The settings of a verdict.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rule {
@@ -82,6 +98,17 @@ impl Rule {
         (1.0 - self.confidence).clamp(1e-9, 0.5) / f64::from(self.metrics.max(1))
     }
 
+    /// Fewest requests per version for any call.
+    fn floor(&self) -> u64 {
+        self.min_requests.max(FLOOR)
+    }
+
+    /// The z of the test's level plus the z of the power (the confidence): what the requests a
+    /// call needs are sized by.
+    fn z_power(&self) -> f64 {
+        normal_quantile(1.0 - self.alpha()) + normal_quantile(self.confidence)
+    }
+
     /// The half-width factor of a two-sided interval at the confidence.
     fn z_interval(&self) -> f64 {
         normal_quantile(0.5 + self.confidence.clamp(0.5, 0.999_999) / 2.0)
@@ -95,17 +122,8 @@ impl Rule {
     pub fn latency(&self, metric: &'static str, canary: &Histogram, stable: &Histogram) -> Test {
         let needed = self.needed_latency(stable);
         let (n_c, n_s) = (canary.count, stable.count);
-        if n_c.min(n_s) < self.min_requests.max(FLOOR) {
-            return Test {
-                metric,
-                call: Call::KeepCollecting,
-                canary: n_c,
-                stable: n_s,
-                estimate: f64::NAN,
-                p_value: f64::NAN,
-                interval: (f64::NAN, f64::NAN),
-                needed,
-            };
+        if n_c.min(n_s) < self.floor() {
+            return Test::collecting(metric, n_c, n_s, needed);
         }
         let p = p_greater(canary, 1.0, stable, self.scale());
         let (a, b) = (n_c as f64, n_s as f64);
@@ -139,7 +157,7 @@ impl Rule {
     /// Requests per version that catch, with the confidence as power, a canary twice the
     /// tolerance slower than this stable (every latency stretched; the stable's own spread).
     pub fn needed_latency(&self, stable: &Histogram) -> u64 {
-        let floor = self.min_requests.max(FLOOR);
+        let floor = self.floor();
         if let Some(required) = self.required {
             return required.max(floor);
         }
@@ -149,7 +167,7 @@ impl Rule {
         let twice = 1.0 + 2.0 * (self.scale() - 1.0);
         // The Mann-Whitney estimate a canary twice the tolerance slower would show.
         let effect = p_greater(stable, twice, stable, self.scale()) - 0.5;
-        let z = normal_quantile(1.0 - self.alpha()) + normal_quantile(self.confidence);
+        let z = self.z_power();
         // se of the estimate with n requests each: sqrt((2n + 1) / (12 n²)) ≈ 1 / sqrt(6 n).
         let n = if effect > 0.0 {
             (z / effect).powi(2) / 6.0
@@ -166,17 +184,8 @@ impl Rule {
     pub fn error_rate(&self, canary: (u64, u64), stable: (u64, u64)) -> Test {
         let ((e_c, n_c), (e_s, n_s)) = (canary, stable);
         let needed = self.needed_errors(n_s.max(1), e_s);
-        if n_c.min(n_s) < self.min_requests.max(FLOOR) {
-            return Test {
-                metric: "error rate",
-                call: Call::KeepCollecting,
-                canary: n_c,
-                stable: n_s,
-                estimate: f64::NAN,
-                p_value: f64::NAN,
-                interval: (f64::NAN, f64::NAN),
-                needed,
-            };
+        if n_c.min(n_s) < self.floor() {
+            return Test::collecting("error rate", n_c, n_s, needed);
         }
         let rate = |e: u64, n: u64| e as f64 / n as f64;
         // Smoothed rates for the variance, so that no errors at all still has some.
@@ -210,14 +219,14 @@ impl Rule {
 
     /// Requests per version that catch a canary erring twice the tolerance more than the stable.
     pub fn needed_errors(&self, n_s: u64, e_s: u64) -> u64 {
-        let floor = self.min_requests.max(FLOOR);
+        let floor = self.floor();
         let tolerance = self.error_rate_points.max(0.0) / 100.0;
         if tolerance <= 0.0 {
             return floor;
         }
         let base = (e_s as f64 + 0.5) / (n_s as f64 + 1.0);
         let worse = (base + 2.0 * tolerance).min(1.0);
-        let z = normal_quantile(1.0 - self.alpha()) + normal_quantile(self.confidence);
+        let z = self.z_power();
         let var = base * (1.0 - base) + worse * (1.0 - worse);
         let n = var * (z / tolerance).powi(2);
         (n.ceil().min(CEILING as f64) as u64).max(floor)
