@@ -636,6 +636,44 @@ mod tests {
         assert!(r.reason.unwrap().contains("vs stable v1"));
     }
 
+    /// `confidencePercent` and `requiredRequests` reach the rule: the same 300 requests each
+    /// keep collecting at the defaults, and pass with a lower confidence or a set requirement.
+    #[test]
+    fn confidence_and_required_requests_change_what_a_pass_needs() {
+        let none = Slo::default();
+        let same = spread(300, 0, 400.0);
+        let base = Measured::from_counts(&same).numbers("v1");
+        let judged = |tolerance: Baseline| {
+            judge(
+                "v2",
+                &same,
+                &Objectives {
+                    slo: &none,
+                    baseline: Some((&base, &tolerance)),
+                    stable_counts: Some(&same),
+                },
+                3,
+                "t".into(),
+            )
+            .verdict
+        };
+        let strict = Baseline {
+            latency_increase_percent: 10,
+            ..Baseline::default()
+        };
+        assert_eq!(judged(strict.clone()), Verdict::Inconclusive);
+        let loose = Baseline {
+            confidence_percent: 60.0,
+            ..strict.clone()
+        };
+        assert_eq!(judged(loose), Verdict::Pass);
+        let required = Baseline {
+            required_requests: Some(200),
+            ..strict
+        };
+        assert_eq!(judged(required), Verdict::Pass);
+    }
+
     #[test]
     fn without_an_slo_the_canary_is_judged_against_the_stable_with_tolerances() {
         let tolerance = Baseline {
